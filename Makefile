@@ -1,0 +1,24 @@
+# Two entry points for a fresh machine: `make demo` (main job on the embedded Digits data) and
+# `make test`. Both create .venv when missing and install the package with the CPU constraints.
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= cpu,test
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints-cpu.txt
+	$(BIN)/python -m pip install -c constraints-cpu.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no examples/train_ucdir.py $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
