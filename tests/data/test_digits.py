@@ -1,0 +1,177 @@
+"""Tests for the embedded Digits data set and its build script."""
+
+import importlib.util
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tpsnet_plugin  # noqa: F401  (applies the torchvision import fix first)
+from tpsnet_plugin.data.digits import (
+    CLASSES,
+    DOMAINS,
+    DigitsDomain,
+    load_domain,
+    raw_pixel_features,
+)
+
+BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_digits.py"
+
+
+@pytest.fixture(scope="module")
+def builder():
+    spec = importlib.util.spec_from_file_location("build_digits", BUILD_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the script executes
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_domain_arrays_are_well_formed(domain):
+    images, labels = load_domain(domain)
+    assert images.dtype == np.uint8 and images.ndim == 3 and images.shape[1:] == (28, 28)
+    assert labels.dtype == np.int64 and labels.shape == (len(images),)
+    assert set(np.unique(labels).tolist()) == set(range(len(CLASSES)))
+    # every image holds a digit stretched to full white
+    assert (images.reshape(len(images), -1).max(axis=1) == 255).all()
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_digits_are_white_on_black_and_centred(domain):
+    images, _ = load_domain(domain)
+    pixels = images.astype(np.float64)
+    frame = np.ones((28, 28), dtype=bool)
+    frame[4:24, 4:24] = False  # the MNIST-style 20x20 box
+    assert (pixels[:, frame] == 0).all()
+    # mostly background: a dark mean, most pixels exactly zero
+    assert pixels.mean() < 0.35 * 255
+    assert (images == 0).mean() > 0.5
+    # centre of mass near the image centre (13.5) for the average digit
+    rows, cols = np.meshgrid(np.arange(28), np.arange(28), indexing="ij")
+    mass = pixels.sum(axis=(1, 2))
+    centre_row = (pixels * rows).sum(axis=(1, 2)) / mass
+    centre_col = (pixels * cols).sum(axis=(1, 2)) / mass
+    assert abs(np.median(centre_row) - 13.5) < 2 and abs(np.median(centre_col) - 13.5) < 2
+
+
+def test_source_domain_sizes():
+    _, uci = load_domain("handwritten-uci")
+    _, mnist = load_domain("handwritten-mnist")
+    assert len(uci) == 1797  # sklearn load_digits
+    assert np.bincount(mnist).tolist() == [500] * 10  # OpenCV digits.png: 500 per class
+
+
+def test_unknown_domain_names_choices_and_close_match():
+    with pytest.raises(ValueError) as error:
+        load_domain("printd")
+    message = str(error.value)
+    assert "'printed'" in message and all(domain in message for domain in DOMAINS)
+    with pytest.raises(ValueError, match="unknown Digits domain"):
+        DigitsDomain("svhn")
+
+
+def test_default_item_shape_dtype_range():
+    dataset = DigitsDomain("handwritten-uci")
+    images, labels = load_domain("handwritten-uci")
+    assert len(dataset) == len(images)
+    assert dataset.domain == "handwritten-uci" and dataset.classes == list(CLASSES)
+    assert dataset.labels.dtype == np.int64 and (dataset.labels == labels).all()
+    image, label, index = dataset[7]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0 and image.max() > 0.5
+    assert label == labels[7] and index == 7
+    assert torch.equal(image[0], image[1]) and torch.equal(image[0], image[2])
+    # reference: Pillow's bilinear resize of the stored uint8 image, within rounding
+    reference = np.asarray(Image.fromarray(images[7]).resize((32, 32), Image.Resampling.BILINEAR))
+    assert np.abs(image[0].numpy() - reference / 255.0).max() < 3 / 255
+
+
+def test_native_size_single_channel_is_the_stored_array():
+    dataset = DigitsDomain("printed", image_size=28, channels=1)
+    images, _ = load_domain("printed")
+    image, _, _ = dataset[3]
+    assert image.shape == (1, 28, 28)
+    assert torch.allclose(image[0], torch.from_numpy(images[3]).float() / 255.0)
+
+
+def test_images_tensor_matches_items():
+    dataset = DigitsDomain("handwriting-fonts", image_size=20, channels=3)
+    batch = dataset.images_tensor()
+    assert batch.shape == (len(dataset), 3, 20, 20) and batch.dtype == torch.float32
+    for i in (0, 1, len(dataset) // 2, len(dataset) - 1):
+        assert torch.equal(batch[i], dataset[i][0])
+
+
+def test_transform_receives_resized_pil_image():
+    seen = []
+
+    def record(image):
+        seen.append((image.mode, image.size))
+        return np.asarray(image)
+
+    rgb = DigitsDomain("handwritten-mnist", image_size=40, transform=record)
+    image, label, index = rgb[11]
+    gray = DigitsDomain("handwritten-mnist", image_size=28, channels=1, transform=record)
+    gray_image = gray[11][0]
+    stored, labels = load_domain("handwritten-mnist")
+    assert seen == [("RGB", (40, 40)), ("L", (28, 28))]
+    assert image.shape == (40, 40, 3) and label == labels[11] and index == 11
+    assert (gray_image == stored[11]).all()
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="channels"):
+        DigitsDomain("printed", channels=2)
+    with pytest.raises(ValueError, match="image_size"):
+        DigitsDomain("printed", image_size=0)
+
+
+def test_raw_pixel_features():
+    images, _ = load_domain("handwritten-uci")
+    features = raw_pixel_features("handwritten-uci")
+    assert features.dtype == np.float32 and features.shape == (len(images), 28 * 28)
+    np.testing.assert_allclose(features, images.reshape(len(images), -1) / 255.0, atol=1e-6)
+    assert raw_pixel_features("handwritten-uci", image_size=16).shape == (len(images), 256)
+
+
+def test_shipped_uci_domain_matches_a_rebuild(builder):
+    images, labels = builder.build_handwritten_uci()
+    shipped_images, shipped_labels = load_domain("handwritten-uci")
+    np.testing.assert_array_equal(images, shipped_images)
+    np.testing.assert_array_equal(labels, shipped_labels)
+
+
+def test_normalise_digit_keeps_aspect_and_centres(builder):
+    canvas = np.zeros((50, 60))
+    canvas[5:35, 40:55] = 7.0  # a 30 x 15 block, off centre, dim
+    out = builder.normalise_digit(canvas)
+    assert out.dtype == np.uint8 and out.shape == (28, 28) and out.max() == 255
+    rows = np.flatnonzero(out.any(axis=1))
+    cols = np.flatnonzero(out.any(axis=0))
+    assert (rows[0], rows[-1]) == (4, 23)  # the long side fills the 20 px box
+    assert 9 <= len(cols) <= 11  # aspect 1:2 kept
+    assert abs((cols[0] + cols[-1]) / 2 - 13.5) <= 0.5
+
+
+def test_save_domain_is_byte_deterministic(builder, tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    labels = np.arange(5, dtype=np.int64)
+    builder.save_domain(tmp_path / "a.npz", images, labels)
+    builder.save_domain(tmp_path / "b.npz", images, labels)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    # a fixed member timestamp, not the build time (np.savez_compressed stamps the clock)
+    with zipfile.ZipFile(tmp_path / "a.npz") as archive:
+        assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    with np.load(tmp_path / "a.npz") as loaded:
+        np.testing.assert_array_equal(loaded["images"], images)
+        np.testing.assert_array_equal(loaded["labels"], labels)
