@@ -1,0 +1,17 @@
+from .digits import CLASSES, DOMAINS, DigitsDomain, load_domain, raw_pixel_features
+from .folder import IMG_EXTENSIONS, DomainImageFolder
+from .multi_domain import MultiDomainDataset, build_folder_domains
+from .transforms import default_transform
+
+__all__ = [
+    "CLASSES",
+    "DOMAINS",
+    "DigitsDomain",
+    "DomainImageFolder",
+    "IMG_EXTENSIONS",
+    "MultiDomainDataset",
+    "build_folder_domains",
+    "default_transform",
+    "load_domain",
+    "raw_pixel_features",
+]
