@@ -1,0 +1,179 @@
+import io
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import tpsnet_plugin  # noqa: F401
+from tpsnet_plugin.samplers import ClusterPseudoLabeler, ClusterResult
+
+C, E = 6, 16
+
+
+def make_domains(seed=0, counts=(60, 90, 120), noise=0.1):
+    """Orthonormal class means, per-domain random offset, samples shuffled per domain."""
+    rng = np.random.default_rng(seed)
+    means = np.linalg.qr(rng.normal(size=(E, C)))[0].T
+    xs, ds, ys = [], [], []
+    for d, n in enumerate(counts):
+        y = rng.permutation(np.arange(n) % C)
+        offset = rng.normal(size=E)
+        xs.append(means[y] + noise * rng.normal(size=(n, E)) + offset)
+        ds.append(np.full(n, d))
+        ys.append(y)
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ds), np.concatenate(ys)
+
+
+def class_to_id(labels, domains, true_labels):
+    """Per domain, the aligned id of each true class; asserts each class maps to one id."""
+    mapping = []
+    for d in np.unique(domains):
+        row = []
+        for c in range(C):
+            ids = np.unique(labels[(domains == d) & (true_labels == c)])
+            assert len(ids) == 1, f"class {c} split over ids {ids} in domain {d}"
+            row.append(int(ids[0]))
+        mapping.append(row)
+    return np.array(mapping)
+
+
+def check_result(result, x_domains, true_labels):
+    num_domains = len(np.unique(x_domains))
+    assert isinstance(result, ClusterResult)
+    assert result.labels.dtype == np.int64 and result.labels.shape == true_labels.shape
+    assert result.centroids.dtype == np.float32 and result.centroids.shape == (num_domains, C, E)
+    mapping = class_to_id(result.labels, x_domains, true_labels)
+    # Cross-domain alignment: every domain maps each true class to the same aligned id.
+    assert (mapping == mapping[0]).all() and sorted(mapping[0]) == list(range(C))
+    for perm in result.matching:
+        assert sorted(perm.tolist()) == list(range(C))
+    expected_sizes = np.stack([np.bincount(result.labels[x_domains == d], minlength=C)
+                               for d in range(num_domains)])
+    assert (result.cluster_sizes == expected_sizes).all()
+    return mapping
+
+
+@pytest.mark.parametrize("anchor", [None, "smallest", 1])
+def test_ids_are_aligned_across_domains(anchor):
+    x, d, y = make_domains()
+    result = ClusterPseudoLabeler(C, anchor=anchor).fit(torch.from_numpy(x), d, true_labels=y)
+    check_result(result, d, y)
+    assert result.nmi > 0.99 and result.ari > 0.99
+    assert len(result.nmi_per_domain) == len(result.ari_per_domain) == 3
+    assert min(result.nmi_per_domain) > 0.99
+    assert result.ids_changed is None
+    # matching_cost = 1 - mean cosine of matched (aligned) centroids of domains 1.. vs domain 0.
+    cent = result.centroids / np.linalg.norm(result.centroids, axis=2, keepdims=True)
+    cosines = [cent[k, c] @ cent[0, c] for k in (1, 2) for c in range(C)]
+    assert result.matching_cost == pytest.approx(1 - np.mean(cosines), abs=1e-5)
+    assert 0 <= result.matching_cost < 0.2
+    # Spherical k-means on centred, normalised features: unit centroids.
+    assert np.allclose(np.linalg.norm(result.centroids, axis=2), 1, atol=1e-4)
+
+
+def test_independent_clusterings_need_the_matching():
+    # Without anchoring the raw k-means ids differ per domain, so the alignment above is the
+    # Hungarian matching's doing (not an accident of identical initialisations).
+    x, d, y = make_domains()
+    result = ClusterPseudoLabeler(C, anchor=None).fit(x, d, true_labels=y)
+    assert any((perm != np.arange(C)).any() for perm in result.matching[1:])
+    check_result(result, d, y)
+
+
+def test_no_true_labels_no_diagnostics():
+    x, d, _ = make_domains()
+    result = ClusterPseudoLabeler(C).fit(x, d)
+    assert result.nmi is result.ari is result.nmi_per_domain is result.ari_per_domain is None
+
+
+def test_warm_start_keeps_ids_stable():
+    x, d, y = make_domains()
+    rng = np.random.default_rng(1)
+    x2 = x + 0.02 * rng.normal(size=x.shape).astype(np.float32)
+    labeler = ClusterPseudoLabeler(C)
+    first = check_result(labeler.fit(x, d, y), d, y)
+    # Another seed would give other raw ids: warm start must still keep the previous ids.
+    labeler.seed = 3
+    second = labeler.fit(x2, d, y)
+    assert second.ids_changed == 0
+    assert (check_result(second, d, y) == first).all()
+    cold = check_result(ClusterPseudoLabeler(C, seed=3).fit(x2, d, y), d, y)
+    assert (cold != first).any(), "test data does not exercise the warm start"
+
+
+def test_ids_changed_counts_relabelled_samples():
+    x, d, y = make_domains()
+    labeler = ClusterPseudoLabeler(C)
+    first = labeler.fit(x, d)
+    # Swap the features of two samples of different classes in domain 0.
+    i, j = 0, int(np.flatnonzero((d == 0) & (y != y[0]))[0])
+    x2 = x.copy()
+    x2[[i, j]] = x2[[j, i]]
+    second = labeler.fit(x2, d)
+    assert second.ids_changed == int((first.labels != second.labels).sum()) == 2
+
+
+def test_non_spherical_and_uncentred_options_run():
+    x, d, y = make_domains(counts=(60, 60))
+    x -= np.repeat(x.reshape(2, 60, E).mean(1), 60, axis=0)  # centre here instead
+    result = ClusterPseudoLabeler(C, spherical=False, center_per_domain=False).fit(x, d, y)
+    check_result(result, d, y)
+
+
+def test_bad_inputs_raise():
+    x, d, _ = make_domains(counts=(60, 4))
+    with pytest.raises(ValueError, match="domain 1 has 4 images, fewer than num_clusters=6"):
+        ClusterPseudoLabeler(C).fit(x, d)
+    with pytest.raises(ValueError, match="anchor domain 5"):
+        ClusterPseudoLabeler(C, anchor=5).fit(*make_domains()[:2])
+    with pytest.raises(ValueError, match="anchor"):
+        ClusterPseudoLabeler(C, anchor="largest")
+    x, d, y = make_domains()
+    with pytest.raises(ValueError, match="true_labels"):
+        ClusterPseudoLabeler(C).fit(x, d, true_labels=y[:-1])
+    x[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ClusterPseudoLabeler(C).fit(x, d)
+
+
+def test_warm_start_shape_mismatch_asks_for_reset():
+    x, d, _ = make_domains()
+    labeler = ClusterPseudoLabeler(C)
+    labeler.fit(x, d)
+    with pytest.raises(ValueError, match="reset"):
+        labeler.fit(x[:, :8], d)
+    labeler.reset()
+    assert labeler.fit(x[:, :8], d).ids_changed is None
+
+
+def test_sklearn_fallback_aligns_ids(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
+    with pytest.warns(UserWarning, match="faiss is not installed"):
+        labeler = ClusterPseudoLabeler(C, nredo=2)
+    assert not labeler.use_faiss
+    x, d, y = make_domains()
+    first = check_result(labeler.fit(x, d, y), d, y)
+    second = labeler.fit(x + 0.01, d, y)
+    assert second.ids_changed == 0 and (check_result(second, d, y) == first).all()
+    assert np.allclose(np.linalg.norm(second.centroids, axis=2), 1, atol=1e-4)
+
+
+def test_state_dict_round_trip():
+    x, d, y = make_domains()
+    x2 = x + 0.02 * np.random.default_rng(2).normal(size=x.shape).astype(np.float32)
+    original = ClusterPseudoLabeler(C)
+    original.fit(x, d)
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = ClusterPseudoLabeler(C)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    expected, got = original.fit(x2, d), resumed.fit(x2, d)
+    assert got.ids_changed == expected.ids_changed == 0
+    assert (got.labels == expected.labels).all()
+    assert np.array_equal(got.centroids, expected.centroids)
+    with pytest.raises(KeyError):
+        resumed.load_state_dict({"centroids": None})
+    fresh = ClusterPseudoLabeler(C).state_dict()
+    assert fresh == {"centroids": None, "labels": None}
