@@ -1,0 +1,107 @@
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.reducers import SumReducer
+from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
+
+import tpsnet_plugin  # noqa: F401
+from tpsnet_plugin.losses import ImageTextCrossEntropyLoss
+
+NUM_DOMAINS, NUM_CLUSTERS = 3, 4
+
+
+def reference_losses(embeddings, labels, text, scale, smoothing):
+    """Loop-based per-sample smoothed cross-entropy over the sample's own domain's prompts."""
+    losses = []
+    for i in range(len(embeddings)):
+        domain, cluster = divmod(int(labels[i]), NUM_CLUSTERS)
+        logits = [scale * F.cosine_similarity(embeddings[i], text[domain, c], dim=0)
+                  for c in range(NUM_CLUSTERS)]
+        log_norm = torch.log(sum(torch.exp(logit) for logit in logits))
+        loss = 0.0
+        for c in range(NUM_CLUSTERS):
+            target = (1 - smoothing) * (c == cluster) + smoothing / NUM_CLUSTERS
+            loss = loss - target * (logits[c] - log_norm)
+        losses.append(loss)
+    return losses
+
+
+def make_case(seed=0, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = torch.randn(6, 5, generator=generator, dtype=dtype)
+    labels = torch.tensor([0, 3, 5, 6, 11, 9])  # every domain, mixed clusters
+    text = torch.randn(NUM_DOMAINS, NUM_CLUSTERS, 5, generator=generator, dtype=dtype)
+    return embeddings, labels, text
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_value_and_gradient_match_loop_reference(smoothing):
+    embeddings, labels, text = make_case()
+    embeddings.requires_grad_(True)
+    loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS, label_smoothing=smoothing, logit_scale=7.0)
+    loss.set_text_features(text)
+    value = loss(embeddings, labels)
+    expected = sum(reference_losses(embeddings, labels, text, 7.0, smoothing)) / len(labels)
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(value, embeddings)[0].double(),
+                               torch.autograd.grad(expected, embeddings)[0], rtol=1e-4, atol=1e-6)
+
+
+def test_flat_text_features_equal_3d_and_sum_reducer():
+    embeddings, labels, text = make_case(1)
+    loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS, logit_scale=3.0, reducer=SumReducer())
+    loss.set_text_features(text.flatten(0, 1))  # row d*C + c
+    torch.testing.assert_close(loss.text_features, text.float())
+    expected = sum(reference_losses(embeddings, labels, text, 3.0, 0.1))
+    torch.testing.assert_close(loss(embeddings, labels).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_text_features_are_frozen_and_not_in_state_dict():
+    _, _, text = make_case(2)
+    text.requires_grad_(True)
+    loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS)
+    loss.set_text_features(text)
+    assert not loss.text_features.requires_grad
+    assert "text_features" not in loss.state_dict()
+
+
+def test_clear_errors():
+    embeddings, labels, text = make_case()
+    loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS)
+    with pytest.raises(RuntimeError, match="set_text_features"):
+        loss(embeddings, labels)
+    with pytest.raises(ValueError, match="multiple of num_clusters"):
+        loss.set_text_features(torch.randn(7, 5))
+    with pytest.raises(ValueError, match="D x 4 x e"):
+        loss.set_text_features(torch.randn(2, 3, 5))
+    loss.set_text_features(text[:2])
+    with pytest.raises(ValueError, match="domain 2 but text features cover 2 domains"):
+        loss(embeddings, labels)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ImageTextCrossEntropyLoss(NUM_CLUSTERS, label_smoothing=1.0)
+
+
+def test_distributed_wrapper_world_of_one(gloo_world_of_one):
+    embeddings, labels, text = make_case(3)
+    loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS, logit_scale=10.0)
+    loss.set_text_features(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the wrapper warns when it finds no process group
+        wrapped = DistributedLossWrapper(loss)(embeddings, labels)
+    torch.testing.assert_close(wrapped, loss(embeddings, labels))
+
+
+def test_finite_and_float32_inside_autocast_and_half_inputs():
+    embeddings, labels, text = make_case(4, dtype=torch.float32)
+    loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS, logit_scale=100.0)
+    loss.set_text_features(text)
+    full = loss(embeddings, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_value = loss(embeddings, labels)
+    torch.testing.assert_close(autocast_value, full, rtol=1e-6, atol=1e-6)
+    for dtype in (torch.float16, torch.bfloat16):
+        half = loss(embeddings.to(dtype), labels)
+        assert half.dtype == torch.float32 and torch.isfinite(half)
+        torch.testing.assert_close(half, loss(embeddings.to(dtype).float(), labels))

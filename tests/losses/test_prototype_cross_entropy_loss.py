@@ -1,0 +1,129 @@
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.reducers import SumReducer
+from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
+
+import tpsnet_plugin  # noqa: F401
+from tpsnet_plugin.losses import PrototypeCrossEntropyLoss
+
+NUM_CLASSES, WIDTH = 4, 5
+
+
+def reference_losses(embeddings, labels, prototypes, temperature):
+    """Loop-based per-sample cross-entropy over cosine similarities to the prototypes."""
+    losses = []
+    for i in range(len(embeddings)):
+        logits = [F.cosine_similarity(embeddings[i], p, dim=0) / temperature for p in prototypes]
+        log_norm = torch.log(sum(torch.exp(logit) for logit in logits))
+        losses.append(log_norm - logits[int(labels[i])])
+    return losses
+
+
+def reference_ema(prototypes, embeddings, labels, momentum):
+    """Loop-based EMA step: only the clusters present in the batch move."""
+    updated = prototypes.clone()
+    for c in range(len(prototypes)):
+        members = [embeddings[i] / embeddings[i].norm()
+                   for i in range(len(labels)) if labels[i] == c]
+        if members:
+            moved = momentum * prototypes[c] + (1 - momentum) * sum(members) / len(members)
+            updated[c] = moved / moved.norm()
+    return updated
+
+
+def make_case(seed=0, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = torch.randn(7, WIDTH, generator=generator, dtype=dtype)
+    labels = torch.tensor([0, 2, 2, 1, 0, 2, 1])  # cluster 3 absent
+    centroids = torch.randn(NUM_CLASSES, WIDTH, generator=generator, dtype=dtype)
+    return embeddings, labels, centroids
+
+
+def test_value_gradient_and_ema_update_match_loop_reference():
+    embeddings, labels, centroids = make_case()
+    loss = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH, temperature=0.5, momentum=0.7)
+    loss.init_prototypes(centroids)
+    before = loss.prototypes.clone()
+    torch.testing.assert_close(before, F.normalize(centroids, dim=1))
+    embeddings.requires_grad_(True)
+    value = loss(embeddings, labels)  # training mode: updates the prototypes after the loss
+    (grad,) = torch.autograd.grad(value, embeddings)  # backward still works after the update
+
+    reference_embeddings = embeddings.detach().double().requires_grad_(True)
+    expected = sum(reference_losses(reference_embeddings, labels, before.double(), 0.5)) / 7
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+    (expected_grad,) = torch.autograd.grad(expected, reference_embeddings)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
+    updated = reference_ema(before.double(), embeddings.detach().double(), labels, 0.7)
+    torch.testing.assert_close(loss.prototypes.double(), updated, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss.prototypes[3], before[3])  # absent cluster unchanged
+
+
+def test_eval_mode_does_not_update_and_prototypes_are_a_buffer():
+    embeddings, labels, centroids = make_case(1)
+    loss = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH)
+    loss.init_prototypes(centroids)
+    before = loss.prototypes.clone()
+    loss.eval()
+    loss(embeddings, labels)
+    torch.testing.assert_close(loss.prototypes, before)
+    assert list(loss.parameters()) == []
+    restored = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH)
+    restored.load_state_dict(loss.state_dict())
+    torch.testing.assert_close(restored.prototypes, before)
+
+
+def test_miner_weights_and_sum_reducer():
+    embeddings, labels, centroids = make_case(2)
+    loss = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH, temperature=0.2, reducer=SumReducer())
+    loss.init_prototypes(centroids)
+    loss.eval()
+    per_sample = reference_losses(embeddings, labels, loss.prototypes, 0.2)
+    # pml weights each sample by its count in the tuple over the largest count: 0 x3, 1 x1, 3 x2.
+    triplets = (torch.tensor([0, 0]), torch.tensor([1, 0]), torch.tensor([3, 3]))
+    weights = {0: 1.0, 1: 1 / 3, 3: 2 / 3}
+    expected = sum(weights.get(i, 0.0) * per_sample[i] for i in range(7))
+    torch.testing.assert_close(loss(embeddings, labels, triplets), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_clear_errors():
+    embeddings, labels, _ = make_case()
+    loss = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH)
+    with pytest.raises(ValueError, match="decode_domain_labels"):
+        loss(embeddings, labels + NUM_CLASSES)
+    with pytest.raises(ValueError, match="num_classes x embedding_size"):
+        loss.init_prototypes(torch.randn(NUM_CLASSES + 1, WIDTH))
+    with pytest.raises(ValueError, match="ref_emb is not supported"):
+        loss(embeddings, labels, ref_emb=embeddings.clone(), ref_labels=labels)
+
+
+def test_distributed_wrapper_world_of_one(gloo_world_of_one):
+    embeddings, labels, centroids = make_case(3)
+    loss = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH)
+    loss.init_prototypes(centroids)
+    plain = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH)
+    plain.init_prototypes(centroids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the wrapper warns when it finds no process group
+        wrapped = DistributedLossWrapper(loss)(embeddings, labels)
+    torch.testing.assert_close(wrapped, plain(embeddings, labels))
+    torch.testing.assert_close(loss.prototypes, plain.prototypes)
+
+
+def test_finite_and_float32_inside_autocast_and_half_inputs():
+    embeddings, labels, centroids = make_case(4)
+    loss = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH, temperature=0.05)
+    loss.init_prototypes(centroids)
+    loss.eval()
+    full = loss(embeddings, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_value = loss(embeddings, labels)
+    torch.testing.assert_close(autocast_value, full, rtol=1e-6, atol=1e-6)
+    loss.train()
+    for dtype in (torch.float16, torch.bfloat16):
+        half = loss(embeddings.to(dtype), labels)
+        assert half.dtype == torch.float32 and torch.isfinite(half)
+        assert loss.prototypes.dtype == torch.float32 and torch.isfinite(loss.prototypes).all()

@@ -1,0 +1,105 @@
+"""Stage-2 image-to-text cross-entropy L_i2tce against the frozen domain prompts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.distances import CosineSimilarity
+from pytorch_metric_learning.losses import BaseMetricLossFunction
+from pytorch_metric_learning.utils import common_functions as c_f
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+from ..utils.domain_labels import decode_domain_labels
+from ._similarity import similarity_matrix
+
+__all__ = ["ImageTextCrossEntropyLoss"]
+
+
+class ImageTextCrossEntropyLoss(BaseMetricLossFunction):
+    """Label-smoothed cross-entropy of image embeddings over their own domain's prompts.
+
+    For sample i with combined label ``d_i * C + c_i`` the logits are
+    ``logit_scale * cos(embedding_i, T[d_i, c])`` for c = 0..C-1 and the target is c_i, smoothed
+    to ``(1 - label_smoothing) * onehot(c_i) + label_smoothing / C``.
+
+    The text features T are frozen in stage 2 and are set once with :meth:`set_text_features`
+    (not passed per call), so ``DistributedLossWrapper`` only gathers embeddings and labels. They
+    are a non-persistent buffer: they move with ``.to()`` but belong to the model's checkpoint,
+    not this loss's state dict.
+
+    Args:
+        num_clusters: C, the number of clusters (prompts) per domain.
+        label_smoothing: ε of the smoothed targets, in [0, 1).
+        logit_scale: Multiplier of the cosine similarities; pass the prompt learner's
+            ``logit_scale``. 100 is the value of the OpenAI CLIP weights.
+        **kwargs: pml options (``reducer``, ``distance``, ``embedding_regularizer``, ...). The
+            distance defaults to ``CosineSimilarity``.
+    """
+
+    def __init__(
+        self,
+        num_clusters: int,
+        label_smoothing: float = 0.1,
+        logit_scale: float = 100.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters must be at least 1, got {num_clusters}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+        self.num_clusters = num_clusters
+        self.label_smoothing = label_smoothing
+        self.logit_scale = logit_scale
+        self.register_buffer("text_features", None, persistent=False)
+        self.add_to_recordable_attributes(
+            list_of_names=["num_clusters", "label_smoothing", "logit_scale"], is_stat=False
+        )
+
+    @torch.no_grad()
+    def set_text_features(self, text_features: torch.Tensor) -> None:
+        """Set the (frozen) prompt features used as the classifier.
+
+        Args:
+            text_features: D×C×e features, or D·C×e with row ``d * C + c`` for prompt (d, c).
+                They are detached and stored in float32.
+        """
+        if text_features.ndim == 2:
+            if text_features.shape[0] % self.num_clusters:
+                raise ValueError(f"{text_features.shape[0]} text feature rows are not a multiple "
+                                 f"of num_clusters={self.num_clusters}; pass D*C rows (d*C + c)")
+            text_features = text_features.reshape(-1, self.num_clusters, text_features.shape[1])
+        if text_features.ndim != 3 or text_features.shape[1] != self.num_clusters:
+            raise ValueError(f"text_features must be D x {self.num_clusters} x e (or D*C x e), "
+                             f"got shape {tuple(text_features.shape)}")
+        self.text_features = text_features.detach().float().clone()
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        c_f.labels_required(labels)
+        c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
+        if self.text_features is None:
+            raise RuntimeError("call set_text_features(text_features) before computing "
+                               "ImageTextCrossEntropyLoss")
+        text = self.text_features.to(embeddings.device)
+        num_domains = text.shape[0]
+        domains, clusters = decode_domain_labels(labels, self.num_clusters)
+        if domains.numel() and domains.max() >= num_domains:
+            raise ValueError(f"labels name domain {int(domains.max())} but text features cover "
+                             f"{num_domains} domains; labels must be domain * C + cluster")
+        similarities = similarity_matrix(self.distance, embeddings, text.flatten(0, 1))
+        # Keep each sample's own domain: (N, D, C) -> (N, C).
+        similarities = similarities.view(-1, num_domains, self.num_clusters)
+        similarities = similarities[torch.arange(len(labels), device=labels.device), domains]
+        losses = F.cross_entropy(self.logit_scale * similarities, clusters, reduction="none",
+                                 label_smoothing=self.label_smoothing)
+        miner_weights = lmu.convert_to_weights(indices_tuple, labels, dtype=losses.dtype)
+        return {
+            "loss": {
+                "losses": losses * miner_weights,
+                "indices": c_f.torch_arange_from_size(embeddings),
+                "reduction_type": "element",
+            }
+        }
+
+    def get_default_distance(self):
+        return CosineSimilarity()

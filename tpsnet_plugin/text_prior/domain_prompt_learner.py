@@ -1,0 +1,318 @@
+"""Learnable CoOp-style domain prompts on a frozen open_clip model (the TPSNet text prior).
+
+Each (domain d, cluster c) pair owns M learnable context vectors. The prompt
+``"An image of a X X X X."`` is tokenized once; at every forward the token embeddings of the
+``X`` placeholders are replaced by the context vectors of (d, c) and the sequence goes through
+open_clip's own ``encode_text`` (positional embedding, causal mask, ``ln_final``, pooling at the
+EOT token, text projection). CLIP itself is frozen: the context vectors are the only parameters
+that train. Unlabelled clusters have no class name, so unlike CoOp no word follows the context.
+
+Importing this module registers ``tpsnet-tiny-clip``, a small random-init open_clip architecture
+for tests and CPU runs, the open_clip way (``open_clip.add_model_config``)::
+
+    learner = DomainPromptLearner("ViT-B-16", pretrained="/path/to/open_clip_pytorch_model.bin",
+                                  num_domains=2, num_clusters=65)
+    image_features = learner.encode_images(images)   # N x e, frozen image tower
+    text_features = learner()                         # D x C x e, differentiable w.r.t. context
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _torchvision_compat  # noqa: F401  (before open_clip)
+import open_clip
+from open_clip.model import CLIP, CustomTextCLIP
+
+__all__ = ["DomainPromptLearner", "TINY_CLIP_MODEL"]
+
+TINY_CLIP_MODEL = "tpsnet-tiny-clip"
+"""Name of the small open_clip architecture shipped in ``text_prior/model_configs``."""
+
+_MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(_MODEL_CONFIG_DIR)
+
+# Placeholder word of the context positions; CLIP's BPE lower-cases it to the single token "x</w>".
+_PLACEHOLDER = "X"
+_SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
+
+
+class DomainPromptLearner(nn.Module):
+    """Per-domain, per-cluster learnable prompts for a frozen open_clip model.
+
+    ``context`` (D×C×M×width) is the only parameter with ``requires_grad``; CLIP stays in eval
+    mode even after ``.train()``. The state dict holds the frozen CLIP weights too: to keep only
+    what stage 1 learns, save ``learner.context`` or the text features ``learner()``.
+
+    Args:
+        clip_model: open_clip model name (see ``open_clip.list_models()``), e.g. ``"ViT-B-16"``, or
+            :data:`TINY_CLIP_MODEL` for tests.
+        pretrained: CLIP weights: an open_clip pretrained tag (e.g. ``"openai"``; needs network
+            access or a filled cache), a local checkpoint file (e.g.
+            ``"/path/to/open_clip_pytorch_model.bin"``), or None for random initialisation.
+        num_domains: D, the number of image domains.
+        num_clusters: C, the number of clusters (pseudo-classes) per domain.
+        num_context: M, learnable context vectors per prompt.
+        template: Fixed words placed before the context vectors.
+        init_std: Standard deviation of the normal initialisation of the context vectors.
+        cache_dir: Cache directory for open_clip downloads (weights and tokenizer files).
+    """
+
+    def __init__(
+        self,
+        clip_model: str = "ViT-B-16",
+        pretrained: str | None = None,
+        num_domains: int = 2,
+        num_clusters: int = 65,
+        num_context: int = 4,
+        template: str = "An image of a",
+        init_std: float = 0.02,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_domains", num_domains), ("num_clusters", num_clusters),
+                            ("num_context", num_context)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self.num_domains = num_domains
+        self.num_clusters = num_clusters
+        self.num_context = num_context
+        self.template = template
+
+        self.clip = _create_frozen_clip(clip_model, pretrained, cache_dir)
+        tower = _text_tower(self.clip)
+        width = tower.token_embedding.embedding_dim
+        self._embed_dim = _projection_dim(tower.text_projection, width)
+
+        tokenizer = open_clip.get_tokenizer(clip_model, cache_dir=cache_dir)
+        self.prompt = f"{template} {' '.join([_PLACEHOLDER] * num_context)}."
+        tokens = tokenizer([self.prompt])[0]
+        positions = _placeholder_positions(tokenizer, tokens, num_context, template)
+        self.register_buffer("prompt_tokens", tokens, persistent=False)
+        self.register_buffer("context_positions", positions, persistent=False)
+
+        self.context = nn.Parameter(torch.empty(num_domains, num_clusters, num_context, width))
+        nn.init.normal_(self.context, std=init_std)
+
+        preprocess = open_clip.get_model_preprocess_cfg(self.clip)
+        size = preprocess["size"]
+        self._image_size = (size, size) if isinstance(size, int) else tuple(size)
+        self._interpolation = preprocess.get("interpolation", "bicubic")
+        self._resize_mode = preprocess.get("resize_mode", "shortest")
+        self.register_buffer("image_mean", torch.tensor(preprocess["mean"]).view(1, -1, 1, 1),
+                             persistent=False)
+        self.register_buffer("image_std", torch.tensor(preprocess["std"]).view(1, -1, 1, 1),
+                             persistent=False)
+
+    @property
+    def embed_dim(self) -> int:
+        """e, the width of the text and image features."""
+        return self._embed_dim
+
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's frozen ``exp(logit_scale)`` (100 for OpenAI CLIP, 1/0.07 at random init)."""
+        return float(self.clip.logit_scale.detach().exp().reshape(-1)[0])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) the image tower expects; :meth:`encode_images` resizes to it."""
+        return self._image_size
+
+    def train(self, mode: bool = True) -> DomainPromptLearner:
+        """Set training mode for the learner while CLIP stays in eval mode (it is frozen).
+
+        Args:
+            mode: True for training mode, False for evaluation mode.
+        """
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def forward(self, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Text features of the prompts, differentiable with respect to :attr:`context`.
+
+        The features are not L2-normalised (as ``encode_text`` returns them); losses that
+        use cosine similarity normalise them.
+
+        Args:
+            labels: Optional combined labels ``domain * C + cluster`` (shape (N,)). When given,
+                only the prompts these labels name are encoded.
+
+        Returns:
+            D×C×e features when ``labels`` is None, else N×e features, row i for ``labels[i]``.
+        """
+        num_prompts = self.num_domains * self.num_clusters
+        context = self.context.reshape(num_prompts, self.num_context, -1)
+        if labels is None:
+            return self._encode_context(context).reshape(self.num_domains, self.num_clusters, -1)
+        labels = torch.as_tensor(labels, device=context.device).long()
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_prompts):
+            raise ValueError(f"combined labels must lie in [0, {num_prompts}) for "
+                             f"{self.num_domains} domains x {self.num_clusters} clusters")
+        # Encode each distinct prompt once, then spread the features over the batch.
+        unique, inverse = torch.unique(labels, return_inverse=True)
+        return self._encode_context(context[unique])[inverse]
+
+    def _encode_context(self, context: torch.Tensor) -> torch.Tensor:
+        """Run ``clip.encode_text`` on the prompt with the placeholders replaced by ``context``.
+
+        A forward hook on the token embedding swaps in the context vectors, so everything after
+        the embedding lookup is open_clip's own code path, for ``CLIP`` and ``CustomTextCLIP``.
+        """
+
+        def inject(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            output = output.clone()
+            output[:, self.context_positions] = context.to(output.dtype)
+            return output
+
+        tokens = self.prompt_tokens.expand(context.shape[0], -1)
+        handle = _text_tower(self.clip).token_embedding.register_forward_hook(inject)
+        try:
+            return self.clip.encode_text(tokens)
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Image features from the frozen CLIP image tower.
+
+        Images are resized to :attr:`image_size` the way open_clip's eval transform does
+        (shortest side, then centre crop; or a plain resize for ``resize_mode="squash"``) and
+        normalised with CLIP's mean and std.
+
+        Args:
+            images: B×3×H×W (or B×1×H×W grayscale, repeated to RGB) floats in [0, 1], on any
+                device.
+            batch_size: Images per forward pass of the image tower.
+
+        Returns:
+            N×e features on the CLIP device, not L2-normalised.
+        """
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError("images must be B x 3 x H x W (or B x 1 x H x W) floats in [0, 1], "
+                             f"got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be floats in [0, 1], got dtype {images.dtype}; "
+                             "divide uint8 images by 255")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        device = self.image_mean.device
+        dtype = next(self.clip.visual.parameters()).dtype
+        features = []
+        for chunk in images.split(batch_size):
+            chunk = self._preprocess(chunk.to(device=device, dtype=torch.float32))
+            features.append(self.clip.encode_image(chunk.to(dtype)).float())
+        if not features:
+            return torch.empty(0, self.embed_dim, device=device)
+        return torch.cat(features)
+
+    def _preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Resize, centre-crop, clamp and normalise a batch of [0, 1] images."""
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        height, width = self._image_size
+        mode = self._interpolation if self._interpolation in ("bicubic", "bilinear") else "bilinear"
+        if self._resize_mode == "squash":
+            size = (height, width)
+        else:
+            scale = max(height / images.shape[2], width / images.shape[3])
+            size = (max(height, round(images.shape[2] * scale)),
+                    max(width, round(images.shape[3] * scale)))
+        if size != tuple(images.shape[2:]):
+            images = F.interpolate(images, size=size, mode=mode, antialias=True,
+                                   align_corners=False)
+        top = (images.shape[2] - height) // 2
+        left = (images.shape[3] - width) // 2
+        images = images[:, :, top:top + height, left:left + width]
+        # Bicubic overshoots; PIL-based open_clip transforms clip to the valid range.
+        images = images.clamp(0.0, 1.0)
+        return (images - self.image_mean) / self.image_std
+
+
+def _create_frozen_clip(
+    clip_model: str, pretrained: str | None, cache_dir: str | None
+) -> nn.Module:
+    """Build the open_clip model, with clear errors for unknown names and missing weights."""
+    is_schema = clip_model.startswith(_SCHEMA_PREFIXES)
+    if not is_schema:
+        known = open_clip.list_models()
+        if clip_model.replace("/", "-") not in known:
+            close = difflib.get_close_matches(clip_model, known, n=5, cutoff=0.5)
+            raise ValueError(f"Unknown open_clip model '{clip_model}'. Close matches: {close}. "
+                             "open_clip.list_models() lists every name.")
+    is_tag = bool(pretrained) and not is_schema and not os.path.isfile(pretrained)
+    if is_tag:
+        tags = open_clip.list_pretrained_tags_by_model(clip_model)
+        if pretrained.lower() not in [tag.lower() for tag in tags]:
+            raise ValueError(f"pretrained='{pretrained}' is neither an existing file nor a known "
+                             f"open_clip tag for '{clip_model}' (tags: {tags}). Pass a tag or the "
+                             "path of a local checkpoint file.")
+    try:
+        clip, _, _ = open_clip.create_model_and_transforms(
+            clip_model, pretrained=pretrained, cache_dir=cache_dir
+        )
+    except RuntimeError as error:
+        if not (is_tag and "download" in str(error).lower()):
+            raise
+        source = open_clip.get_pretrained_cfg(clip_model, pretrained)
+        if source.get("hf_hub"):
+            repo, filename = os.path.split(source["hf_hub"])
+            filename = filename or "open_clip_pytorch_model.bin"  # open_clip's default name
+            where = f"https://huggingface.co/{repo} (file {filename})"
+        else:
+            where = source.get("url", "the open_clip model hub")
+        raise RuntimeError(
+            f"Could not fetch the '{pretrained}' weights of '{clip_model}' (no network access, or "
+            f"HF_HUB_OFFLINE=1): {error}\nOn a machine with network access, download them from "
+            f"{where} and pass the file's path: DomainPromptLearner('{clip_model}', "
+            "pretrained='/path/to/open_clip_pytorch_model.bin'), or pass cache_dir= pointing at "
+            "a cache that already holds the weights."
+        ) from error
+    clip.requires_grad_(False)
+    return clip.eval()
+
+
+def _text_tower(clip: nn.Module) -> nn.Module:
+    """The module holding ``token_embedding`` and ``text_projection`` for supported CLIP types."""
+    if isinstance(clip, CLIP):
+        return clip
+    if isinstance(clip, CustomTextCLIP) and hasattr(clip.text, "token_embedding"):
+        return clip.text
+    raise TypeError(f"{type(clip).__name__} with text tower "
+                    f"{type(getattr(clip, 'text', None)).__name__} is not supported: prompt "
+                    "learning needs open_clip's own text transformer (CLIP or CustomTextCLIP "
+                    "models without a Hugging Face text tower, e.g. ViT-B-16).")
+
+
+def _projection_dim(projection: nn.Module | torch.Tensor | None, width: int) -> int:
+    """Output width of open_clip's text projection (a matrix, a Linear, or none)."""
+    if projection is None:
+        return width
+    if isinstance(projection, nn.Linear):
+        return projection.out_features
+    return projection.shape[-1]
+
+
+def _placeholder_positions(
+    tokenizer, tokens: torch.Tensor, num_context: int, template: str
+) -> torch.Tensor:
+    """Indices of the placeholder tokens in the tokenized prompt."""
+    # The placeholder id is the one token that "X" adds to the empty string's special tokens.
+    added = set(tokenizer([_PLACEHOLDER])[0].tolist()) - set(tokenizer([""])[0].tolist())
+    if len(added) != 1:
+        raise ValueError(f"the tokenizer splits the placeholder '{_PLACEHOLDER}' into "
+                         f"{len(added)} tokens; prompt learning needs a single-token placeholder")
+    positions = (tokens == added.pop()).nonzero().flatten()
+    if len(positions) != num_context:
+        raise ValueError(f"found {len(positions)} placeholder tokens in the tokenized prompt, "
+                         f"expected num_context={num_context}: the template '{template}' must not "
+                         f"contain the word '{_PLACEHOLDER}', and the prompt must fit the "
+                         "tokenizer's context length")
+    return positions
