@@ -1,0 +1,12 @@
+"""Cross-domain retrieval evaluation with the metrics of prior UCDIR work."""
+
+from .accuracy_calculator import UCDIRAccuracyCalculator
+from .cross_domain import cross_domain_retrieval, evaluate_domains, format_table, mean_metrics
+
+__all__ = [
+    "UCDIRAccuracyCalculator",
+    "cross_domain_retrieval",
+    "evaluate_domains",
+    "format_table",
+    "mean_metrics",
+]
