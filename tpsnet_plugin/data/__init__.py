@@ -1,6 +1,7 @@
 from .digits import CLASSES, DOMAINS, DigitsDomain, load_domain, raw_pixel_features
 from .folder import IMG_EXTENSIONS, DomainImageFolder
 from .multi_domain import MultiDomainDataset, build_folder_domains
+from .subset import DomainSubset
 from .transforms import default_transform
 
 __all__ = [
@@ -8,6 +9,7 @@ __all__ = [
     "DOMAINS",
     "DigitsDomain",
     "DomainImageFolder",
+    "DomainSubset",
     "IMG_EXTENSIONS",
     "MultiDomainDataset",
     "build_folder_domains",

@@ -1,0 +1,156 @@
+"""Retrieve with a trained TPSNet: embed a gallery folder once, answer query images.
+
+    python -m tpsnet_plugin.retrieve --checkpoint outputs/digits --gallery DIR --query IMG [--topk 10] [--grid out.png]
+
+``--checkpoint`` is a run's output dir (it holds ``config.yaml`` and ``model/``). Gallery
+embeddings are cached under ``<checkpoint>/retrieval_cache/`` keyed by the gallery's file list,
+sizes and modification times, so a second query costs one forward pass. Neighbours come from a
+faiss inner-product index when faiss is installed, else from a torch matrix product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from . import _torchvision_compat  # noqa: F401
+from .data import IMG_EXTENSIONS, default_transform
+from .models import TPSNet
+from .training.trainer import build_model
+
+
+def load_trained_model(checkpoint: str | Path) -> tuple[TPSNet, dict]:
+    """Load the final model of a run's output dir; returns ``(model, config)``."""
+    checkpoint = Path(checkpoint)
+    weights, meta_file, config_file = (
+        checkpoint / "model" / "model.safetensors", checkpoint / "model" / "model_meta.json", checkpoint / "config.yaml",
+    )
+    for path in (weights, meta_file, config_file):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing: --checkpoint must be the output dir of a finished run "
+                "(examples/train_ucdir.py writes config.yaml and model/ at the end)"
+            )
+    config = yaml.safe_load(config_file.read_text())
+    meta = json.loads(meta_file.read_text())
+    config["model"]["pretrained"] = False  # the trained weights replace any pretrained ones
+    config["model"]["checkpoint_path"] = None
+    config["model"]["phase_pretrained"] = False
+    model = build_model(config, meta["embed_dim"], meta["num_domains"], meta["num_clusters"])
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval(), config
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (recursive, sorted)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Gallery folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise ValueError(f"No images under {folder} (extensions: {', '.join(sorted(IMG_EXTENSIONS))})")
+    return files
+
+
+def _load(path: Path, transform) -> torch.Tensor:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return transform(image)
+    except OSError as error:
+        raise OSError(f"Cannot read image {path}: {error}") from error
+
+
+@torch.no_grad()
+def embed_images(model: TPSNet, paths: list[Path], image_size: int, batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised embeddings of image files (domain unknown: synergy over all prompts)."""
+    transform = default_transform(image_size)
+    chunks = []
+    for start in range(0, len(paths), batch_size):
+        batch = torch.stack([_load(p, transform) for p in paths[start:start + batch_size]])
+        chunks.append(model(batch))
+    return F.normalize(torch.cat(chunks), dim=-1)
+
+
+def gallery_embeddings(model: TPSNet, checkpoint: Path, gallery: Path, image_size: int) -> tuple[list[Path], torch.Tensor]:
+    """Embed the gallery, reusing the on-disk cache when the gallery has not changed."""
+    paths = list_images(gallery)
+    key = hashlib.sha256(
+        "\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths).encode()
+        + (checkpoint / "model" / "model.safetensors").read_bytes()[:4096]
+    ).hexdigest()[:16]
+    cache = checkpoint / "retrieval_cache" / f"{key}.npy"
+    if cache.is_file():
+        return paths, torch.from_numpy(np.load(cache))
+    features = embed_images(model, paths, image_size)
+    cache.parent.mkdir(exist_ok=True)
+    np.save(cache, features.numpy())
+    return paths, features
+
+
+def search(gallery: torch.Tensor, queries: torch.Tensor, topk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k inner-product neighbours: ``(scores, indices)``, each Q×k."""
+    topk = min(topk, len(gallery))
+    try:
+        import faiss
+    except ImportError:
+        scores, indices = (queries @ gallery.T).topk(topk, dim=1)
+        return scores.numpy(), indices.numpy()
+    index = faiss.IndexFlatIP(gallery.shape[1])
+    index.add(np.ascontiguousarray(gallery.numpy(), dtype=np.float32))
+    return index.search(np.ascontiguousarray(queries.numpy(), dtype=np.float32), topk)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="output dir of a finished training run")
+    parser.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
+    parser.add_argument("--query", required=True, nargs="+", help="query image file(s)")
+    parser.add_argument("--topk", type=int, default=10)
+    parser.add_argument("--grid", help="write the queries and their top-k as an image grid (PNG)")
+    args = parser.parse_args(argv)
+
+    checkpoint = Path(args.checkpoint)
+    model, config = load_trained_model(checkpoint)
+    size = int(config["data"]["image_size"])
+    paths, gallery = gallery_embeddings(model, checkpoint, Path(args.gallery), size)
+    query_paths = [Path(q) for q in args.query]
+    queries = embed_images(model, query_paths, size)
+    scores, indices = search(gallery, queries, args.topk)
+    results = []
+    for query, row_scores, row_indices in zip(query_paths, scores, indices):
+        hits = [{"path": str(paths[i]), "score": float(s)} for s, i in zip(row_scores, row_indices)]
+        results.append({"query": str(query), "results": hits})
+        print(f"query {query}")
+        for rank, hit in enumerate(hits, start=1):
+            print(f"  {rank:3d}. {hit['score']:.4f}  {hit['path']}")
+    if args.grid:
+        from .training.plots import retrieval_grid
+
+        transform = default_transform(size)
+        gallery_images = {int(i): _load(paths[int(i)], transform) for i in np.unique(indices)}
+        order = sorted(gallery_images)
+        stacked = torch.stack([gallery_images[i] for i in order])
+        position = {i: n for n, i in enumerate(order)}
+        ranked = np.vectorize(position.get)(indices)
+        # Labels are unknown at retrieval time: frame every result the same way.
+        retrieval_grid(
+            torch.stack([_load(q, transform) for q in query_paths]), np.zeros(len(query_paths)),
+            stacked, np.zeros(len(order)), ranked, args.grid, title="query, then top-k",
+        )
+        print(f"grid written to {args.grid}")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

@@ -1,0 +1,86 @@
+"""Batched image augmentations on the model's device.
+
+Per-image PIL/torchvision pipelines dominate the step time of small CPU models; one affine grid
+and one ``grid_sample`` for the whole batch cost about as much as a single image does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BatchAugment(nn.Module):
+    """Random resized crop, rotation, translation, flip and colour jitter for a whole batch.
+
+    Args:
+        crop_scale: Range of the kept area fraction of the random resized crop.
+        rotation: Maximum absolute rotation in degrees.
+        translate: Maximum absolute translation as a fraction of the image size.
+        hflip: Whether to flip half of the images horizontally.
+        brightness: Maximum relative brightness change.
+        contrast: Maximum relative contrast change.
+        grayscale_p: Probability of replacing an image by its grayscale version.
+    """
+
+    def __init__(
+        self,
+        crop_scale: Sequence[float] = (0.6, 1.0),
+        rotation: float = 15.0,
+        translate: float = 0.1,
+        hflip: bool = False,
+        brightness: float = 0.3,
+        contrast: float = 0.3,
+        grayscale_p: float = 0.0,
+    ) -> None:
+        super().__init__()
+        low, high = crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+        self.crop_scale = (float(low), float(high))
+        self.rotation = float(rotation)
+        self.translate = float(translate)
+        self.hflip = bool(hflip)
+        self.brightness = float(brightness)
+        self.contrast = float(contrast)
+        self.grayscale_p = float(grayscale_p)
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment ``images`` (B×C×H×W floats in [0, 1]); returns a new tensor of the same shape."""
+        batch, device = images.shape[0], images.device
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return torch.rand(batch, device=device, generator=generator) * (high - low) + low
+
+        # Zoom by 1/sqrt(area): sampling a smaller window of the input is a crop resized back.
+        zoom = uniform(*self.crop_scale).sqrt()
+        angle = uniform(-self.rotation, self.rotation) * (math.pi / 180)
+        flip = torch.ones(batch, device=device)
+        if self.hflip:
+            flip = torch.where(uniform(0, 1) < 0.5, -flip, flip)
+        cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+        shift = 2 * self.translate
+        theta = torch.stack(
+            [
+                torch.stack([cos * flip, -sin, uniform(-shift, shift)], dim=1),
+                torch.stack([sin * flip, cos, uniform(-shift, shift)], dim=1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+        out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+        if self.brightness > 0:
+            out = out * uniform(1 - self.brightness, 1 + self.brightness).view(-1, 1, 1, 1)
+        if self.contrast > 0:
+            mean = out.mean(dim=(1, 2, 3), keepdim=True)
+            out = (out - mean) * uniform(1 - self.contrast, 1 + self.contrast).view(-1, 1, 1, 1) + mean
+        if self.grayscale_p > 0 and out.shape[1] == 3:
+            gray = out.mean(dim=1, keepdim=True).expand_as(out)
+            pick = (uniform(0, 1) < self.grayscale_p).view(-1, 1, 1, 1)
+            out = torch.where(pick, gray, out)
+        return out.clamp(0, 1)
