@@ -52,8 +52,8 @@ def save_checkpoint(
     root = Path(root)
     final, tmp = root / tag, root / f".tmp-{tag}"
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()

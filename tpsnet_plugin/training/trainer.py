@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from accelerate.utils import broadcast, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -223,6 +224,11 @@ class TPSNetTrainer:
     # ------------------------------------------------------------------ setup helpers
     def _build_accelerator(self) -> Accelerator:
         acc = self.config["accelerate"]
+        # Accelerate only starts a gloo (multi-CPU) process group when told to use the CPU; without
+        # a GPU, `accelerate launch --multi_gpu --num_processes N` then trains on N CPU processes.
+        # The process state must exist before a tracker is built (trackers query it).
+        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        PartialState(cpu=multi_cpu)
         log_with = acc["log_with"]
         if log_with == "auto":
             try:
@@ -231,13 +237,16 @@ class TPSNetTrainer:
                 log_with = "tensorboard"
             except ImportError:
                 log_with = "csv"
-        trackers = {"tensorboard": "tensorboard", "csv": CSVTracker("tpsnet", self.output_dir / "logs"), "none": None}
-        if log_with not in trackers:
+        if log_with not in ("tensorboard", "csv", "none"):
             raise ValueError(f"accelerate.log_with must be auto, tensorboard, csv or none, got {log_with!r}")
+        tracker = {"tensorboard": "tensorboard", "none": None}[log_with] if log_with != "csv" else CSVTracker(
+            "tpsnet", self.output_dir / "logs"
+        )
         return Accelerator(
+            cpu=multi_cpu,
             mixed_precision=acc["mixed_precision"],
             gradient_accumulation_steps=int(acc["gradient_accumulation_steps"]),
-            log_with=trackers[log_with],
+            log_with=tracker,
             project_dir=str(self.output_dir),
             # Stage 0 trains the backbone only; DDP must tolerate the unused synergy parameters.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -293,6 +302,7 @@ class TPSNetTrainer:
             An N×e float32 tensor on the CPU.
         """
         model = self.accelerator.unwrap_model(self.stage_model)
+        self._sync_buffers(model)
         was_training = model.training
         model.eval()
         features, indices = [], []
@@ -313,6 +323,13 @@ class TPSNetTrainer:
         if not torch.equal(indices, torch.arange(len(self.dataset))):
             raise RuntimeError("Gathered evaluation features are not one per image in dataset order")
         return features
+
+    def _sync_buffers(self, model: nn.Module) -> None:
+        # BatchNorm statistics drift apart across processes between DDP forwards; every process
+        # must embed with rank 0's (the ones that get saved).
+        if self.accelerator.num_processes > 1:
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
 
     def retrieval_features(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Apply the evaluation post-processing (optional per-domain centring, L2 normalisation)."""
@@ -431,6 +448,11 @@ class TPSNetTrainer:
         loss_fn = InstanceContrastiveLoss(temperature=cfg["temperature"], within_domain=cfg["within_domain"])
         while self.epoch < int(cfg["epochs"]):
             loader = self._train_loader(batch_size=int(cfg["batch_size"]))
+            if len(loader) == 0:
+                raise ValueError(
+                    f"warmup.batch_size={cfg['batch_size']} leaves no full batch for {len(self.dataset)} images on "
+                    f"{self.accelerator.num_processes} process(es): lower warmup.batch_size"
+                )
             for step, (images, domains, _) in enumerate(self._progress(loader, f"warm-up {self.epoch + 1}")):
                 with self.accelerator.accumulate(self.stage_model):
                     v1, v2 = self._views(images)

@@ -1,0 +1,136 @@
+"""End-to-end trainer runs on a tiny Digits subset (seconds each)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tpsnet_plugin.training import NonFiniteLossError, TPSNetTrainer, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "data.subset_per_domain=96",
+    "data.image_size=16",
+    "model.phase_kwargs={widths: [8, 8, 16, 16]}",
+    "model.rgb_kwargs={widths: [8, 16, 16, 32]}",
+    "warmup.epochs=1",
+    "warmup.batch_size=64",
+    "cluster.nredo=1",
+    "cluster.niter=5",
+    "stage1.epochs=2",
+    "stage1.repair_every=1",
+    "stage2.epochs=3",
+    "stage2.batch_size=32",
+    "eval.every=1",
+    "eval.batch_size=40",
+    "eval.plots=false",
+    "accelerate.log_with=none",
+]
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config(REPO / "configs" / "digits.yaml", [*TINY, *extra], output_dir=str(tmp_path / "run"))
+
+
+def run_cli(tmp_path, *extra, launcher=(sys.executable,), **popen):
+    flags = [item for item in extra if item.startswith("--")]
+    args = [*launcher, str(REPO / "examples" / "train_ucdir.py"), "--output-dir", str(tmp_path / "run"), *flags]
+    for item in [*TINY, *(item for item in extra if not item.startswith("--"))]:
+        args += ["--set", item]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_fit_writes_summary_metrics_and_model(tmp_path):
+    summary = TPSNetTrainer(tiny_config(tmp_path, "eval.plots=true", "eval.tsne_max_points=100")).fit()
+    run = tmp_path / "run"
+    directions = {"handwritten-mnist->printed", "printed->handwritten-mnist"}
+    assert set(summary["last"]) == directions
+    for metrics in summary["last"].values():
+        assert set(metrics) == {"precision_at_1", "precision_at_5", "precision_at_15", "map_at_all"}
+        assert all(0 <= v <= 100 for v in metrics.values())
+    assert summary["oracle_best"]["epoch"] in (1, 2, 3) and "oracle" in summary["oracle_best"]["note"]
+    assert set(summary["raw_pixel_baseline"]) == directions
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["direction"]) for r in lines] == [(e, d) for e in (1, 2, 3) for d in sorted(directions)]
+    assert json.loads((run / "summary.json").read_text())["last"] == summary["last"]
+    assert (run / "config.yaml").is_file() and (run / "model" / "model.safetensors").is_file()
+    assert (run / "tsne.png").is_file() and (run / "retrieval_printed_to_handwritten-mnist.png").is_file()
+
+
+@pytest.mark.parametrize("switch", ["model.text_prior=false", "model.phase_prior=false"])
+def test_ablation_switches_run(tmp_path, switch):
+    trainer = TPSNetTrainer(tiny_config(tmp_path, switch, "stage2.epochs=1", "warmup.epochs=0"))
+    summary = trainer.fit()
+    if switch.startswith("model.text_prior"):
+        assert trainer.prompt_learner is None and trainer.model.text_features is None
+    else:
+        assert trainer.model.backbone.phase_model is None
+    assert summary["last"]
+
+
+def test_nan_loss_stops_with_stage_epoch_term_and_keeps_checkpoint(tmp_path, monkeypatch):
+    trainer = TPSNetTrainer(tiny_config(tmp_path, "warmup.epochs=0"))
+    monkeypatch.setattr(trainer.prototype_loss, "forward", lambda *a, **k: torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteLossError, match=r"'prototype_ce'.*stage 'train', epoch 0"):
+        trainer.fit()
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text()
+    assert latest == "train-start"
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    extra = ("stage2.epochs=4", "stage2.checkpoint_every=1")
+    reference = run_cli(tmp_path / "reference", *extra)
+    reference_out = reference.communicate(timeout=600)[0]
+    assert reference.returncode == 0, reference_out[-3000:]
+
+    killed = run_cli(tmp_path / "killed", *extra, start_new_session=True)
+    checkpoint = tmp_path / "killed" / "run" / "checkpoints" / "train-epoch002"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert killed.poll() is None, "the run ended before it could be killed"
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "run" / "summary.json").exists()
+
+    resumed = run_cli(tmp_path / "killed", *extra, "--resume")
+    resumed_out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, resumed_out[-3000:]
+    assert "resumed from" in resumed_out
+
+    expected = json.loads((tmp_path / "reference" / "run" / "summary.json").read_text())["last"]
+    actual = json.loads((tmp_path / "killed" / "run" / "summary.json").read_text())["last"]
+    # Same seed, RNG states restored: identical up to float summation order (stated tolerance 0.5 points).
+    for direction, metrics in expected.items():
+        for name, value in metrics.items():
+            assert actual[direction][name] == pytest.approx(value, abs=0.5), (direction, name)
+
+
+def test_two_processes_gather_each_image_once_and_match_one_process_evaluation(tmp_path):
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+                "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no")
+    # 2 x 97 images over 2 processes with eval batches of 40: the last batches are padded.
+    extra = ("data.subset_per_domain=97", "stage2.epochs=2", "stage2.delta=0.5")
+    process = run_cli(tmp_path, *extra, launcher=launcher)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["num_processes"] == 2
+
+    trainer = TPSNetTrainer(tiny_config(tmp_path, *extra))
+    trainer.model.load_state_dict(load_file(str(tmp_path / "run" / "model" / "model.safetensors")))
+    trainer.stage = "done"
+    embeddings = trainer.embed()
+    assert len(embeddings) == 2 * 97
+    results = trainer.evaluate(embeddings)
+    for direction, metrics in summary["last"].items():
+        for name, value in metrics.items():
+            assert results[direction][name] == pytest.approx(value, abs=1e-3), (direction, name)
