@@ -22,12 +22,15 @@ def _run_with_fake_torchvision(tmp_path, init_source):
     (package / "__init__.py").write_text(init_source)
     code = textwrap.dedent(
         """
-        import sys
-        from tpsnet_plugin._torchvision_compat import TORCHVISION_PATCHED
-        print(TORCHVISION_PATCHED, sys.modules["torchvision"].OK,
+        import importlib.util, sys
+        # Load the module alone: the package __init__ would also import timm and open_clip.
+        spec = importlib.util.spec_from_file_location("compat", "{path}")
+        compat = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(compat)
+        print(compat.TORCHVISION_PATCHED, sys.modules["torchvision"].OK,
               "torchvision._meta_registrations" in sys.modules)
         """
-    )
+    ).replace("{path}", f"{_repo_root()}/tpsnet_plugin/_torchvision_compat.py")
     return subprocess.run(
         [sys.executable, "-c", code],
         env={"PYTHONPATH": f"{tmp_path}:{_repo_root()}", "PATH": "/usr/bin:/bin"},
