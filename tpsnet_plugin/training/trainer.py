@@ -425,15 +425,11 @@ class TPSNetTrainer:
                     "disable mixed precision, then run again with --resume."
                 )
 
-    def _train_loader(self, sampler: PseudoLabelSampler | None = None, batch_size: int | None = None) -> DataLoader:
-        workers = int(self.config["data"]["num_workers"])
-        if sampler is not None:
-            # The sampler shards by rank itself, so the loader is not passed through accelerator.prepare.
-            return DataLoader(self._image_dataset(), batch_sampler=sampler, num_workers=workers)
+    def _warmup_loader(self, batch_size: int) -> DataLoader:
         generator = torch.Generator().manual_seed(int(self.config["seed"]) * 1000 + self.epoch)
         loader = DataLoader(
             self._image_dataset(), batch_size=batch_size, shuffle=True, drop_last=True,
-            num_workers=workers, generator=generator,
+            num_workers=int(self.config["data"]["num_workers"]), generator=generator,
         )
         return self.accelerator.prepare_data_loader(loader)
 
@@ -447,7 +443,7 @@ class TPSNetTrainer:
             group["lr"] = cfg["lr"]
         loss_fn = InstanceContrastiveLoss(temperature=cfg["temperature"], within_domain=cfg["within_domain"])
         while self.epoch < int(cfg["epochs"]):
-            loader = self._train_loader(batch_size=int(cfg["batch_size"]))
+            loader = self._warmup_loader(int(cfg["batch_size"]))
             if len(loader) == 0:
                 raise ValueError(
                     f"warmup.batch_size={cfg['batch_size']} leaves no full batch for {len(self.dataset)} images on "
@@ -518,7 +514,7 @@ class TPSNetTrainer:
         return repaired
 
     def _run_train(self) -> None:
-        cfg, ev = self.config["stage2"], self.config["eval"]
+        cfg = self.config["stage2"]
         text_prior = self.prompt_learner is not None
         sampler = PseudoLabelSampler(
             self.labels.numpy(), self.domains.numpy(), batch_size=int(cfg["batch_size"]), m=int(cfg["m_per_cluster"]),
@@ -535,6 +531,7 @@ class TPSNetTrainer:
             sampler.set_labels(self.labels.numpy())
             sampler.set_epoch(self.epoch)
             totals: dict[str, float] = {}
+            # The sampler shards by rank itself, so this loader does not go through accelerator.prepare.
             loader = DataLoader(self._image_dataset(), batch_sampler=sampler, num_workers=int(self.config["data"]["num_workers"]))
             for step, (images, domains, index) in enumerate(self._progress(loader, f"stage 2 epoch {self.epoch + 1}")):
                 with self.accelerator.accumulate(self.stage_model):
