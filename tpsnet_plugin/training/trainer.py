@@ -344,9 +344,12 @@ class TPSNetTrainer:
         """Evaluate every ordered domain pair (queries: all of A, gallery: all of B) with true labels."""
         if embeddings is None:
             embeddings = self.embed(synergy=self.stage in ("train", "done"))
+        return self._evaluate_features(self.retrieval_features(embeddings))
+
+    def _evaluate_features(self, features: torch.Tensor) -> dict[str, dict[str, float]]:
         ev = self.config["eval"]
         return evaluate_domains(
-            self.retrieval_features(embeddings),
+            features,
             self.true_labels,
             self.domains.numpy(),
             domain_names=self.domain_names,
@@ -359,17 +362,7 @@ class TPSNetTrainer:
         """Raw-pixel cosine retrieval (grayscale pixels as features), the floor every model must beat."""
         if self.images is None:
             return None
-        pixels = self.images.float().mean(1).flatten(1)
-        ev = self.config["eval"]
-        return evaluate_domains(
-            F.normalize(pixels, dim=-1),
-            self.true_labels,
-            self.domains.numpy(),
-            domain_names=self.domain_names,
-            ks=tuple(ev["ks"]),
-            knn=ev["knn"],
-            map_at_all=ev["map_at_all"],
-        )
+        return self._evaluate_features(F.normalize(self.images.float().mean(1).flatten(1), dim=-1))
 
     # ------------------------------------------------------------------ pseudo-labels
     def cluster(self, embeddings: torch.Tensor) -> dict[str, Any]:

@@ -1,0 +1,151 @@
+"""Retrieval quality on Digits, trained from scratch: ablations over seeds.
+
+    python benchmarks/quality_digits.py [--config configs/digits4.yaml] [--seeds 0 1 2] [--variants full no_priors ...]
+
+Variants (all through the same trainer, switched by config keys):
+
+- ``raw_pixels``: grayscale pixels, cosine (no training);
+- ``instance_only``: instance-contrastive training only (no clustering losses: alpha = beta = 0, no priors);
+- ``no_priors``: clustering + prototypes (+ instance loss), no text and no phase prior;
+- ``phase``: + phase prior;  ``text``: + text prior;  ``full``: TPSNet (both priors).
+
+Prints mean ± std over seeds of P@1/5/15 and mAP@All per direction and averaged, the pseudo-label
+NMI, the epoch at which each run peaked (oracle, uses labels: a measure of pseudo-label drift), and
+writes ``benchmarks/results/quality_digits.json`` plus ``quality_digits_ablation.png`` (per-direction
+bars) and ``quality_digits_curve.png`` (P@1 and pseudo-label NMI vs epoch of the full model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tpsnet_plugin.evaluation import mean_metrics  # noqa: E402
+from tpsnet_plugin.training import TPSNetTrainer, load_config  # noqa: E402
+
+VARIANTS = {
+    "instance_only": ["model.text_prior=false", "model.phase_prior=false", "stage2.alpha=0", "cluster.recluster_every=0"],
+    "no_priors": ["model.text_prior=false", "model.phase_prior=false"],
+    "phase": ["model.text_prior=false"],
+    "text": ["model.phase_prior=false"],
+    "full": [],
+}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run_variant(config_path: str, variant: str, seed: int, extra: list[str], out: Path) -> dict:
+    overrides = [*VARIANTS[variant], f"seed={seed}", "eval.plots=false", "accelerate.log_with=none", *extra]
+    config = load_config(config_path, overrides, output_dir=str(out / f"{variant}-seed{seed}"))
+    start = time.time()
+    summary = TPSNetTrainer(config).fit()
+    history = [json.loads(line) for line in (Path(config["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    return {"summary": summary, "history": history, "seconds": time.time() - start}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(runs: list[dict], key: str = "last") -> dict[str, dict[str, list[float]]]:
+    """direction -> metric -> [mean, std] over runs (plus a "mean" direction)."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for direction in [*runs[0]["summary"][key].keys(), "mean"]:
+        table[direction] = {}
+        for metric in runs[0]["summary"][key][next(iter(runs[0]["summary"][key]))]:
+            values = [
+                mean_metrics(r["summary"][key])[metric] if direction == "mean" else r["summary"][key][direction][metric]
+                for r in runs
+            ]
+            table[direction][metric] = list(_mean_std(values))
+    return table
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/digits4.yaml")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=["raw_pixels", *VARIANTS], choices=["raw_pixels", *VARIANTS])
+    parser.add_argument("--set", dest="extra", action="append", default=[], help="extra config override for every run")
+    parser.add_argument("--work-dir", default="outputs/quality_digits")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    report: dict = {"config": args.config, "seeds": args.seeds, "extra": args.extra, "variants": {}}
+    lines = []
+    for variant in args.variants:
+        if variant == "raw_pixels":
+            continue
+        runs = [run_variant(args.config, variant, seed, args.extra, Path(args.work_dir)) for seed in args.seeds]
+        peaks = [r["summary"]["oracle_best"]["epoch"] for r in runs]
+        report["variants"][variant] = {
+            "last": aggregate(runs),
+            "pseudo_label_nmi": list(_mean_std([r["summary"]["pseudo_label_nmi"] or 0.0 for r in runs])),
+            "oracle_peak_epochs": peaks,
+            "seconds": [r["seconds"] for r in runs],
+            "curves": [r["history"] for r in runs],
+        }
+        if "raw_pixels" not in report["variants"] and "raw_pixels" in args.variants:
+            baseline = runs[0]["summary"]["raw_pixel_baseline"]
+            report["variants"]["raw_pixels"] = {
+                "last": {d: {m: [v, 0.0] for m, v in ms.items()} for d, ms in {**baseline, "mean": mean_metrics(baseline)}.items()}
+            }
+        (out / "quality_digits.json").write_text(json.dumps(report, indent=2))
+
+    for variant, data in report["variants"].items():
+        mean = data["last"]["mean"]
+        lines.append(
+            f"{variant:14s} " + "  ".join(f"{m}={v[0]:.2f}±{v[1]:.2f}" for m, v in mean.items())
+            + (f"  nmi={data['pseudo_label_nmi'][0]:.3f}  peak epochs={data['oracle_peak_epochs']}" if "pseudo_label_nmi" in data else "")
+        )
+    print("\n".join(lines))
+    _plots(report, out)
+    return report
+
+
+def _plots(report: dict, out: Path) -> None:
+    variants = list(report["variants"])
+    directions = [d for d in report["variants"][variants[0]]["last"] if d != "mean"]
+    figure, axis = plt.subplots(figsize=(max(8, len(directions) * 1.2), 4))
+    width = 0.8 / len(variants)
+    for i, variant in enumerate(variants):
+        values = [report["variants"][variant]["last"][d]["precision_at_1"] for d in directions]
+        axis.bar([x + i * width for x in range(len(directions))], [v[0] for v in values], width,
+                 yerr=[v[1] for v in values], label=variant)
+    axis.set_xticks([x + 0.4 - width / 2 for x in range(len(directions))])
+    axis.set_xticklabels(directions, rotation=45, ha="right", fontsize=7)
+    axis.set_ylabel("P@1 (last epoch)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "quality_digits_ablation.png", dpi=100)
+    plt.close(figure)
+
+    if "full" in report["variants"]:
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for seed, history in zip(report["seeds"], report["variants"]["full"]["curves"]):
+            by_epoch: dict[int, list[dict]] = {}
+            for line in history:
+                by_epoch.setdefault(line["epoch"], []).append(line)
+            epochs = sorted(by_epoch)
+            p1 = [statistics.fmean(x["metrics"]["precision_at_1"] for x in by_epoch[e]) for e in epochs]
+            nmi = [by_epoch[e][0]["pseudo_label_nmi"] or 0.0 for e in epochs]
+            axis.plot(epochs, p1, marker="o", label=f"P@1 seed {seed}")
+            axis.plot(epochs, [100 * n for n in nmi], linestyle="--", label=f"100·NMI seed {seed}")
+        axis.set_xlabel("stage-2 epoch")
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(out / "quality_digits_curve.png", dpi=100)
+        plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
