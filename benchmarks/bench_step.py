@@ -1,0 +1,182 @@
+"""Training-step cost of the phase prior + fusion + synergy: TPSNet vs the RGB backbone alone.
+
+One step = zero_grad + forward + backward of a mean-squared dummy loss on the embedding, batch 32,
+224 x 224, CPU, ``pretrained=False`` (no optimizer step: it is the same for both, per parameter).
+
+- "RGB alone": ``timm.create_model(rgb, num_classes=0)`` + ``nn.Linear(num_features, 512)``;
+- "TPSNet": ``TPSNet(PhasePriorBackbone(rgb, phase_model="resnet18", embed_dim=512), T)`` with
+  random text features T (D = 2, C = 65, e = 512) and domain ids.
+Variants (local monkeypatches, the package is unchanged): "phase@1/2" runs the phase network on
+the phase-only image average-pooled to half resolution; "channels_last" converts both models and
+inputs to channels-last. Overhead % = TPSNet / RGB alone - 1, both timed in this process.
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_step.py [--quick] [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tpsnet_plugin  # noqa: E402,F401
+import timm  # noqa: E402
+from tpsnet_plugin.backbones import PhasePriorBackbone  # noqa: E402
+from tpsnet_plugin.models import TPSNet  # noqa: E402
+
+from _common import format_table, measure, parse_args, write_json  # noqa: E402
+
+EMBED = 512
+NUM_DOMAINS, NUM_CLUSTERS = 2, 65
+PHASE_MODEL = "resnet18"
+
+
+class HalfResolution(nn.Module):
+    """Variant: run a timm model on its input average-pooled by 2 (phase net at lower resolution)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.num_features = model.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(x, 2)
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+def rgb_alone(name: str, img_size: int) -> nn.Module:
+    kwargs = {"img_size": img_size} if "vit" in name else {}
+    model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    return nn.Sequential(model, nn.Linear(model.num_features, EMBED))
+
+
+def tpsnet(name: str, img_size: int, phase_model: str, half_phase: bool = False) -> TPSNet:
+    kwargs = {"img_size": img_size} if "vit" in name else {}
+    backbone = PhasePriorBackbone(name, phase_model=phase_model, embed_dim=EMBED, rgb_kwargs=kwargs)
+    if half_phase:
+        backbone.phase_model = HalfResolution(backbone.phase_model)
+    text = F.normalize(torch.randn(NUM_DOMAINS, NUM_CLUSTERS, EMBED), dim=-1)
+    return TPSNet(backbone, text)
+
+
+def make_step(model: nn.Module, images: torch.Tensor, domains: torch.Tensor | None):
+    model.train()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        out = model(images, domains) if domains is not None else model(images)
+        loss = out.pow(2).mean()
+        loss.backward()
+        return None
+
+    return step
+
+
+def profile_step(step, top: int = 12) -> str:
+    """torch.profiler table of one step, by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+def module_times(model: TPSNet, images, domains, repeats: int = 2) -> dict[str, float]:
+    """Forward+backward median seconds of the parts of TPSNet on their own (RGB, phase, rest)."""
+    backbone = model.backbone
+    norm = ((images - backbone.rgb_mean) / backbone.rgb_std).detach()
+    from tpsnet_plugin.backbones import phase_only
+
+    def part(fn):
+        def run():
+            model.zero_grad(set_to_none=True)
+            fn().pow(2).mean().backward()
+        return measure(run, repeats, warmup=1)["median_s"]
+
+    phase_in = ((phase_only(images) - 0.5) / 0.5).detach()
+    return {
+        "phase_only transform (fwd)": measure(lambda: phase_only(images), repeats, 1)["median_s"],
+        "rgb model (fwd+bwd)": part(lambda: backbone.rgb_model(norm)),
+        "phase model (fwd+bwd)": part(lambda: backbone.phase_model(phase_in)
+                                      if isinstance(backbone.phase_model, HalfResolution)
+                                      else backbone.phase_model(phase_in)),
+    }
+
+
+def main() -> None:
+    args = parse_args("bench_step", __doc__.splitlines()[0])
+    # full: 1 warm-up + 2 timed steps per case (a ViT-B step at batch 32 takes many seconds here)
+    batch, size, repeats = (2, 64, 1) if args.quick else (32, 224, 2)
+    # --quick: timm's tiny test models (the full run uses the real ones)
+    names = ["test_vit"] if args.quick else ["resnet50", "vit_base_patch16_clip_224"]
+    phase_model = "test_resnet" if args.quick else PHASE_MODEL
+    torch.manual_seed(0)
+    images = torch.rand(batch, 3, size, size)
+    domains = torch.randint(0, NUM_DOMAINS, (batch,))
+    rows, results, profiles, parts = [], {}, {}, {}
+    for name in names:
+        cases = {
+            "RGB alone": (rgb_alone(name, size), None, False),
+            "TPSNet (phase+fusion+synergy)": (tpsnet(name, size, phase_model), domains, False),
+            "variant: TPSNet phase@1/2": (tpsnet(name, size, phase_model, half_phase=True), domains, False),
+            "variant: RGB alone channels_last": (rgb_alone(name, size), None, True),
+            "variant: TPSNet channels_last": (tpsnet(name, size, phase_model), domains, True),
+        }
+        if args.quick or "vit" in name:
+            # channels-last only changes convolutions: for the ViT, time it on TPSNet only
+            cases = {k: v for k, v in cases.items() if not k.startswith("variant: RGB")}
+        timed = {}
+        for case, (model, doms, channels_last) in cases.items():
+            x = images
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+                x = images.contiguous(memory_format=torch.channels_last)
+            m = measure(make_step(model, x, doms), repeats, warmup=1)
+            m.pop("value")
+            timed[case] = m
+            if case == "TPSNet (phase+fusion+synergy)":
+                parts[name] = module_times(model, images, domains, repeats=1)
+                if "vit" in name:
+                    profiles[name] = profile_step(make_step(model, x, doms))
+            del model
+        base, base_cl = timed["RGB alone"], timed.get("variant: RGB alone channels_last")
+        for case, m in timed.items():
+            ref = base_cl if ("channels_last" in case and base_cl is not None) else base
+            m["overhead_pct"] = 100.0 * (m["median_s"] / ref["median_s"] - 1)
+            rows.append([name, case, m["repeats"], m["median_s"], m["extra_peak_mib"],
+                         m["overhead_pct"] if m is not ref else None])
+        results[name] = timed
+    headers = ["RGB model", "case", "runs", "median s/step", "extra peak MiB", "overhead %"]
+    print(format_table(headers, rows))
+    for name, p in parts.items():
+        print(f"\n{name}: parts of the TPSNet step (median s): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in p.items()))
+    for name, table in profiles.items():
+        print(f"\ntorch.profiler, one TPSNet step with {name} (top ops by self CPU time):\n{table}")
+    vit = [n for n in names if "vit" in n]
+    goal = (results[vit[0]]["TPSNet (phase+fusion+synergy)"]["overhead_pct"] <= 15
+            if vit else None)
+    print(f"goal (ViT overhead <= 15%): {goal}")
+    write_json(args.out, {
+        "benchmark": "bench_step",
+        "quick": args.quick,
+        "setup": {"batch": batch, "image_size": size, "phase_model": phase_model, "embed": EMBED,
+                  "num_domains": NUM_DOMAINS, "num_clusters": NUM_CLUSTERS,
+                  "timing": f"median of {repeats} timed steps after 1 warm-up step",
+                  "memory": "extra peak RSS, background sampler (benchmarks/_common.py)"},
+        "headers": headers,
+        "rows": rows,
+        "results": results,
+        "parts_s": parts,
+        "profiles": profiles,
+        "goal_vit_overhead_le_15pct": goal,
+    })
+
+
+if __name__ == "__main__":
+    main()
