@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 EXTRAS ?= cpu,test
 BIN := $(VENV)/bin
+# accelerate launch would otherwise pin CPU runs to one thread.
+THREADS ?= $(shell nproc)
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install demo test
@@ -20,7 +22,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints-cpu.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/python -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no examples/train_ucdir.py $(ARGS)
+	$(BIN)/python -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no \
+		--dynamo_backend no --num_cpu_threads_per_process $(THREADS) examples/train_ucdir.py $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

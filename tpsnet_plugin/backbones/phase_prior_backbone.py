@@ -203,6 +203,11 @@ class PhasePriorBackbone(nn.Module):
         self.embed_dim = self.num_features = embed_dim
         self.norm = nn.LayerNorm(embed_dim)
         self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True) if fusion else None
+        if self.attn is not None:
+            # Start the residual fusion as the identity (ReZero-style): a randomly initialised
+            # attention scrambles the tokens of a from-scratch backbone (Digits, 150 instance-loss
+            # steps, one seed: P@1 64/73 random vs 67/77 zero-initialised); training grows the mixing.
+            nn.init.zeros_(self.attn.out_proj.weight)
 
     def _check_images(self, x: torch.Tensor) -> None:
         channels = self.rgb_mean.shape[1]
