@@ -289,3 +289,13 @@ def test_bad_arguments_raise_clear_errors():
         accuracy((data[0][:, :8], data[1], data[2], data[3]))
     with pytest.raises(ValueError, match="NaN or infinite"):
         accuracy((np.full_like(data[0], np.nan), data[1], data[2], data[3]))
+
+
+@pytest.mark.parametrize("make_data", [random_data, tied_data])
+def test_map_rank_counting_path_matches_the_stable_reference(make_data):
+    # Without the VOC variant, mAP@All counts ranks instead of sorting the gallery; tied rows
+    # (tied_data) fall back to the sorting path. A batch size of 7 splits the class groups.
+    data = make_data(5)
+    sim = similarities(data[0], data[2])
+    result = accuracy(data, "torch", ks=(1,), batch_size=7)
+    assert result["map_at_all"] == pytest.approx(ref_map(sim, data[1], data[3]))

@@ -187,6 +187,50 @@ class UCDIRAccuracyCalculator(AccuracyCalculator):
     def _average_precisions(self, query, reference, query_labels, reference_labels, voc,
                             **kwargs) -> dict[str, torch.Tensor]:
         """Per query, the sum over relevant ranks of (interpolated) precision, block by block."""
+        if not voc:
+            return {"map_at_all": self._precision_sums_by_counting(
+                query, reference, query_labels, reference_labels)}
+        return self._precision_sums_by_sorting(query, reference, query_labels, reference_labels, voc)
+
+    def _precision_sums_by_counting(self, query, reference, query_labels,
+                                    reference_labels) -> torch.Tensor:
+        """Non-interpolated AP sums without sorting the gallery.
+
+        Only each relevant item's rank matters: rank = (relevant items above it) + (non-relevant
+        items above it) + 1. Queries of one class share their relevant set (R items), so per
+        query the R relevant similarities are sorted and every non-relevant similarity is
+        binary-searched among them (M log R work instead of M log M). Rows where a non-relevant
+        similarity equals a relevant one need the index tie-break: they take the sorting path.
+        """
+        sums = torch.zeros(len(query), dtype=torch.float64, device=query.device)
+        for label in torch.unique(query_labels):
+            relevant = reference_labels == label
+            num_relevant = int(relevant.sum())
+            if num_relevant == 0:
+                continue  # R_q = 0: dropped from the mean anyway
+            rows = torch.nonzero(query_labels == label).flatten()
+            relevant_ref, other_ref = reference[relevant], reference[~relevant]
+            positions = torch.arange(1, num_relevant + 1, dtype=torch.float64, device=query.device)
+            for block in rows.split(self.batch_size):
+                ascending = (query[block] @ relevant_ref.T).sort(dim=1).values
+                others = query[block] @ other_ref.T
+                below = torch.searchsorted(ascending, others, side="left")  # relevant items < it
+                tied = (ascending.gather(1, below.clamp(max=num_relevant - 1)) == others).any(1)
+                counts = torch.zeros(len(block), num_relevant + 1, dtype=torch.float64,
+                                     device=query.device).scatter_add_(
+                    1, below, torch.ones_like(below, dtype=torch.float64))
+                # non-relevant items above the relevant item at ascending position q: count > q
+                above = counts.flip(1).cumsum(1).flip(1)[:, 1:].flip(1)
+                sums[block] = (positions / (positions + above)).sum(1)
+                if tied.any():
+                    exact = block[tied]
+                    sums[exact] = self._precision_sums_by_sorting(
+                        query[exact], reference, query_labels[exact], reference_labels,
+                        voc=False)["map_at_all"]
+        return sums
+
+    def _precision_sums_by_sorting(self, query, reference, query_labels, reference_labels,
+                                   voc) -> dict[str, torch.Tensor]:
         names = _MAP_METRICS if voc else _MAP_METRICS[:1]
         sums = {n: torch.zeros(len(query), dtype=torch.float64, device=query.device) for n in names}
         ranks = torch.arange(1, len(reference) + 1, dtype=torch.float32, device=query.device)
