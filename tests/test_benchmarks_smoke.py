@@ -18,6 +18,7 @@ EXPECTED_KEYS = {
     "bench_step": {"setup", "headers", "rows", "results", "parts_s", "profiles",
                    "goal_vit_overhead_le_15pct"},
     "bench_stage1": {"setup", "headers", "rows", "results"},
+    "bench_map_paths": {"setup", "counting", "sorting", "gemm", "speedup_sorting_over_counting"},
 }
 
 
@@ -47,6 +48,9 @@ def test_quick_run_writes_json(name, tmp_path):
     elif name == "bench_step":
         timed = result["results"]["test_vit"]
         assert {"RGB alone", "TPSNet (phase+fusion+synergy)"} <= set(timed)
+    elif name == "bench_map_paths":
+        assert result["max_abs_difference_of_ap_sums"] < 1e-3
+        assert result["counting"]["median_s"] > 0 and result["sorting"]["median_s"] > 0
     else:
         assert any(key.startswith("stage 2") for key in result["results"])
         assert all(row[4] > 0 for row in result["rows"])  # seconds per epoch
