@@ -218,6 +218,7 @@ class TPSNetTrainer:
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.last_nmi: float | None = None
+        self.final_embeddings: torch.Tensor | None = None
         self.start_time = time.time()
         self.elapsed_before_resume = 0.0
 
@@ -592,6 +593,8 @@ class TPSNetTrainer:
             self._init_prototypes(embeddings)
         if evaluate:
             self._record(self.evaluate(embeddings), cluster_info)
+        if last:
+            self.final_embeddings = embeddings  # reused by the plots instead of embedding again
 
     def _record(self, results: dict[str, dict[str, float]], cluster_info: dict[str, Any] | None) -> None:
         record = {"stage": self.stage, "epoch": self.epoch, "pseudo_label_nmi": self.last_nmi, "results": results}
@@ -726,7 +729,7 @@ class TPSNetTrainer:
             if self.config["eval"]["plots"]:
                 from .plots import save_run_plots
 
-                save_run_plots(self, self.embed())
+                save_run_plots(self, self.final_embeddings if self.final_embeddings is not None else self.embed())
         return summary
 
 
