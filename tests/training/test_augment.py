@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from tpsnet_plugin.training import BatchAugment
@@ -27,3 +28,35 @@ def test_pure_horizontal_flip_matches_torch_flip():
     per_image = [torch.allclose(o, i, atol=1e-5) or torch.allclose(o, f, atol=1e-5) for o, i, f in zip(out, images, flipped)]
     assert all(per_image)
     assert any(torch.allclose(o, f, atol=1e-5) and not torch.allclose(o, i) for o, i, f in zip(out, images, flipped))
+
+
+def _loop_dilate(image: torch.Tensor) -> torch.Tensor:
+    # Brute-force 3x3 grey-level dilation with the border ignored (max over in-image neighbours).
+    channels, height, width = image.shape
+    out = torch.empty_like(image)
+    for c in range(channels):
+        for y in range(height):
+            for x in range(width):
+                out[c, y, x] = image[c, max(0, y - 1):y + 2, max(0, x - 1):x + 2].max()
+    return out
+
+
+def test_morphology_dilates_or_erodes_each_image_against_a_loop_reference():
+    images = torch.rand(48, 1, 6, 6)
+    augment = BatchAugment(crop_scale=(1.0, 1.0), rotation=0, translate=0, brightness=0, contrast=0, morphology_p=1.0)
+    out = augment(images, generator=torch.Generator().manual_seed(0))
+    kinds = []
+    for o, image in zip(out, images):
+        if torch.allclose(o, _loop_dilate(image), atol=1e-5):
+            kinds.append("dilate")
+        elif torch.allclose(o, -_loop_dilate(-image), atol=1e-5):
+            kinds.append("erode")
+        else:
+            kinds.append("other")
+    assert "other" not in kinds
+    assert 10 < kinds.count("dilate") < 38  # half and half, p = 1
+
+
+def test_morphology_probability_is_validated():
+    with pytest.raises(ValueError, match="morphology_p"):
+        BatchAugment(morphology_p=1.5)
