@@ -30,14 +30,19 @@ LOAD_NOTE = "shared 2-core machine"
 MIB = 2**20
 
 
-def parse_args(name: str, description: str) -> argparse.Namespace:
-    """The command line every benchmark takes: ``--quick`` and ``--out``.
+def parse_args(name: str, description: str, device: bool = False) -> argparse.Namespace:
+    """The command line every benchmark takes: ``--quick``, ``--out``, ``--threads``.
 
     Args:
         name: Benchmark name; the default output is ``benchmarks/results/<name>.json``.
         description: Help text of the script.
+        device: Also take ``--device`` (cpu | cuda) and ``--amp`` (bf16 autocast), for benchmarks
+            that can run on a GPU.
     """
     parser = argparse.ArgumentParser(description=description)
+    if device:
+        parser.add_argument("--device", default="cpu", help="cpu or cuda")
+        parser.add_argument("--amp", action="store_true", help="bf16 autocast (the usual GPU training setting)")
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds): a smoke test")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json",
                         help="where to write the JSON results")

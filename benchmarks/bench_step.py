@@ -10,6 +10,9 @@ Variants (local monkeypatches, the package is unchanged): "phase@1/2" runs the p
 the phase-only image average-pooled to half resolution; "channels_last" converts both models and
 inputs to channels-last. Overhead % = TPSNet / RGB alone - 1, both timed in this process.
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_step.py [--quick] [--out FILE]``.
+On a GPU: ``--device cuda [--amp]`` (bf16 autocast); every step ends with a CUDA synchronise, more
+steps are timed (3 warm-up, 20 timed) and the memory column is the peak CUDA memory of the step
+beyond what was allocated before it.
 """
 
 from __future__ import annotations
@@ -64,43 +67,72 @@ def tpsnet(name: str, img_size: int, phase_model: str, half_phase: bool = False)
     return TPSNet(backbone, text)
 
 
-def make_step(model: nn.Module, images: torch.Tensor, domains: torch.Tensor | None):
+def make_step(model: nn.Module, images: torch.Tensor, domains: torch.Tensor | None, amp: bool = False):
     model.train()
+    cuda = images.is_cuda
 
     def step():
         model.zero_grad(set_to_none=True)
-        out = model(images, domains) if domains is not None else model(images)
-        loss = out.pow(2).mean()
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(images, domains) if domains is not None else model(images)
+        loss = out.float().pow(2).mean()
         loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
         return None
 
     return step
 
 
-def profile_step(step, top: int = 12) -> str:
-    """torch.profiler table of one step, by self CPU time."""
+def measure_step(step, repeats: int, warmup: int, cuda: bool) -> dict:
+    """:func:`measure` plus, on CUDA, the step's peak CUDA memory beyond the memory held before it."""
+    if not cuda:
+        return measure(step, repeats, warmup=warmup)
+    for _ in range(warmup):
+        step()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    result = measure(step, repeats, warmup=0)
+    result["extra_peak_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+    return result
+
+
+def profile_step(step, top: int = 12, cuda: bool = False) -> str:
+    """torch.profiler table of one step, by self CPU time (self CUDA time on a GPU)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
         step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    return prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=top)
 
 
-def module_times(model: TPSNet, images, domains, repeats: int = 2) -> dict[str, float]:
+def module_times(model: TPSNet, images, domains, repeats: int = 2, amp: bool = False) -> dict[str, float]:
     """Forward+backward median seconds of the parts of TPSNet on their own (RGB, phase, rest)."""
     backbone = model.backbone
     norm = ((images - backbone.rgb_mean) / backbone.rgb_std).detach()
     from tpsnet_plugin.backbones import phase_only
 
+    def synchronize():
+        if images.is_cuda:
+            torch.cuda.synchronize()
+
     def part(fn):
         def run():
             model.zero_grad(set_to_none=True)
-            fn().pow(2).mean().backward()
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+                out = fn()
+            out.float().pow(2).mean().backward()
+            synchronize()
         return measure(run, repeats, warmup=1)["median_s"]
+
+    def transform():
+        phase_only(images)
+        synchronize()
 
     phase_in = ((phase_only(images) - 0.5) / 0.5).detach()
     return {
-        "phase_only transform (fwd)": measure(lambda: phase_only(images), repeats, 1)["median_s"],
+        "phase_only transform (fwd)": measure(transform, repeats, 1)["median_s"],
         "rgb model (fwd+bwd)": part(lambda: backbone.rgb_model(norm)),
         "phase model (fwd+bwd)": part(lambda: backbone.phase_model(phase_in)
                                       if isinstance(backbone.phase_model, HalfResolution)
@@ -109,15 +141,19 @@ def module_times(model: TPSNet, images, domains, repeats: int = 2) -> dict[str, 
 
 
 def main() -> None:
-    args = parse_args("bench_step", __doc__.splitlines()[0])
-    # full: 1 warm-up + 2 timed steps per case (a ViT-B step at batch 32 takes many seconds here)
-    batch, size, repeats = (2, 64, 1) if args.quick else (32, 224, 2)
+    args = parse_args("bench_step", __doc__.splitlines()[0], device=True)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    # full on CPU: 1 warm-up + 2 timed steps per case (a ViT-B step at batch 32 takes many seconds);
+    # on a GPU a step takes milliseconds: 3 warm-up + 20 timed
+    batch, size, repeats = (2, 64, 1) if args.quick else (32, 224, 20 if cuda else 2)
+    warmup = 3 if cuda else 1
     # --quick: timm's tiny test models (the full run uses the real ones)
     names = ["test_vit"] if args.quick else ["resnet50", "vit_base_patch16_clip_224"]
     phase_model = "test_resnet" if args.quick else PHASE_MODEL
     torch.manual_seed(0)
-    images = torch.rand(batch, 3, size, size)
-    domains = torch.randint(0, NUM_DOMAINS, (batch,))
+    images = torch.rand(batch, 3, size, size, device=device)
+    domains = torch.randint(0, NUM_DOMAINS, (batch,), device=device)
     rows, results, profiles, parts = [], {}, {}, {}
     for name in names:
         cases = {
@@ -132,17 +168,18 @@ def main() -> None:
             cases = {k: v for k, v in cases.items() if not k.startswith("variant: RGB")}
         timed = {}
         for case, (model, doms, channels_last) in cases.items():
+            model = model.to(device)
             x = images
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
                 x = images.contiguous(memory_format=torch.channels_last)
-            m = measure(make_step(model, x, doms), repeats, warmup=1)
+            m = measure_step(make_step(model, x, doms, args.amp), repeats, warmup, cuda)
             m.pop("value")
             timed[case] = m
             if case == "TPSNet (phase+fusion+synergy)":
-                parts[name] = module_times(model, images, domains, repeats=1)
+                parts[name] = module_times(model, images, domains, repeats=repeats if cuda else 1, amp=args.amp)
                 if "vit" in name:
-                    profiles[name] = profile_step(make_step(model, x, doms))
+                    profiles[name] = profile_step(make_step(model, x, doms, args.amp), cuda=cuda)
             del model
         base, base_cl = timed["RGB alone"], timed.get("variant: RGB alone channels_last")
         for case, m in timed.items():
@@ -151,7 +188,8 @@ def main() -> None:
             rows.append([name, case, m["repeats"], m["median_s"], m["extra_peak_mib"],
                          m["overhead_pct"] if m is not ref else None])
         results[name] = timed
-    headers = ["RGB model", "case", "runs", "median s/step", "extra peak MiB", "overhead %"]
+    memory = "extra peak CUDA MiB" if cuda else "extra peak MiB"
+    headers = ["RGB model", "case", "runs", "median s/step", memory, "overhead %"]
     print(format_table(headers, rows))
     for name, p in parts.items():
         print(f"\n{name}: parts of the TPSNet step (median s): "
@@ -167,8 +205,11 @@ def main() -> None:
         "quick": args.quick,
         "setup": {"batch": batch, "image_size": size, "phase_model": phase_model, "embed": EMBED,
                   "num_domains": NUM_DOMAINS, "num_clusters": NUM_CLUSTERS,
-                  "timing": f"median of {repeats} timed steps after 1 warm-up step",
-                  "memory": "extra peak RSS, background sampler (benchmarks/_common.py)"},
+                  "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+                  "amp_bf16": args.amp,
+                  "timing": f"median of {repeats} timed steps after {warmup} warm-up step(s)",
+                  "memory": ("peak CUDA memory of the timed steps beyond the memory held before them" if cuda
+                             else "extra peak RSS, background sampler (benchmarks/_common.py)")},
         "headers": headers,
         "rows": rows,
         "results": results,

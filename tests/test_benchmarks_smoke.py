@@ -54,3 +54,36 @@ def test_quick_run_writes_json(name, tmp_path):
     else:
         assert any(key.startswith("stage 2") for key in result["results"])
         assert all(row[4] > 0 for row in result["rows"])  # seconds per epoch
+
+
+def test_quality_digits_runs_variants_in_worker_processes(tmp_path):
+    # Tiny runs (60 images per domain, one epoch per stage), two at once through --jobs.
+    tiny = ["data.subset_per_domain=60", "warmup.epochs=1",
+            "warmup.batch_size=32", "stage1.epochs=1", "stage2.epochs=1", "stage2.batch_size=40",
+            "cluster.nredo=1", "eval.map_at_all=false"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "benchmarks" / "quality_digits.py"), "--config", "configs/digits.yaml",
+               "--seeds", "0", "1", "--variants", "raw_pixels", "no_priors", "full", "--jobs", "2", "--threads", "1",
+               "--work-dir", str(tmp_path / "runs"), "--out", str(tmp_path), "--set", *tiny]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "quality_digits.json").read_text())
+    # a second invocation reuses the four finished runs instead of training them again
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reusing the finished run") == 4
+    assert json.loads((tmp_path / "quality_digits.json").read_text())["variants"] == report["variants"]
+    assert set(report["variants"]) == {"raw_pixels", "no_priors", "full"}
+    for variant in ("no_priors", "full"):
+        data = report["variants"][variant]
+        assert len(data["curves"]) == 2 and len(data["oracle_peak_epochs"]) == 2
+        mean, std = data["last"]["mean"]["precision_at_1"]
+        assert 0 <= mean <= 100 and std >= 0
+    # each run's own summary agrees with the aggregate (mean over the two seeds)
+    p1 = [json.loads((tmp_path / "runs" / f"full-seed{seed}" / "summary.json").read_text())["last"]
+          for seed in (0, 1)]
+    direction = "handwritten-mnist->printed"
+    expected = sum(run[direction]["precision_at_1"] for run in p1) / 2
+    assert report["variants"]["full"]["last"][direction]["precision_at_1"][0] == pytest.approx(expected)
+    assert (tmp_path / "quality_digits_ablation.png").stat().st_size > 0
+    assert (tmp_path / "quality_digits_curve.png").stat().st_size > 0
