@@ -95,3 +95,22 @@ def test_bad_inputs_raise():
         phase_only(torch.rand(1, 1, 8, 8), amplitude=0.0)
     with pytest.raises(TypeError, match="floating-point"):
         phase_only(torch.ones(1, 1, 8, 8, dtype=torch.uint8))
+
+
+def test_autocast_does_not_lower_the_fft_precision(monkeypatch):
+    # Under bf16 autocast the grayscale einsum would run in bfloat16, which CUDA FFTs reject
+    # ("Unsupported dtype BFloat16", seen on an H200); the FFT must always get float32.
+    seen = []
+    fft2 = torch.fft.fft2
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.dtype)
+        return fft2(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.fft, "fft2", spy)
+    images = torch.rand(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = phase_only(images)
+    assert seen == [torch.float32]
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, phase_only(images))

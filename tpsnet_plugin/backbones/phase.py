@@ -7,6 +7,7 @@ texture, contrast), so the phase-only image is a domain-robust view of the input
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 
@@ -51,12 +52,16 @@ def phase_only(images: torch.Tensor, amplitude: float | None = None) -> torch.Te
         raise ValueError(f"amplitude must be positive, got {amplitude}")
     compute_dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
     images = images.to(compute_dtype)
-    if images.shape[1] == 3:
-        weights = torch.tensor(_GRAY_WEIGHTS, dtype=compute_dtype, device=images.device)
-        gray = torch.einsum("bchw,c->bhw", images, weights)
-    else:
-        gray = images[:, 0]
-    phase = torch.angle(torch.fft.fft2(gray))
-    constant = torch.full_like(phase, float(amplitude))
-    restored = torch.fft.ifft2(torch.polar(constant, phase)).real
+    # Under autocast the grayscale einsum would run in bf16/fp16, and CUDA FFTs reject bfloat16.
+    device_type = images.device.type
+    no_autocast = torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else nullcontext()
+    with no_autocast:
+        if images.shape[1] == 3:
+            weights = torch.tensor(_GRAY_WEIGHTS, dtype=compute_dtype, device=images.device)
+            gray = torch.einsum("bchw,c->bhw", images, weights)
+        else:
+            gray = images[:, 0]
+        phase = torch.angle(torch.fft.fft2(gray))
+        constant = torch.full_like(phase, float(amplitude))
+        restored = torch.fft.ifft2(torch.polar(constant, phase)).real
     return (restored.clamp(0.0, 255.0) / 255.0).unsqueeze(1).to(torch.float32)
