@@ -8,10 +8,12 @@ One step = zero_grad + forward + backward of a mean-squared dummy loss on the em
   random text features T (D = 2, C = 65, e = 512) and domain ids.
 Variants (local monkeypatches, the package is unchanged): "phase@1/2" runs the phase network on
 the phase-only image average-pooled to half resolution; "channels_last" converts both models and
-inputs to channels-last. Overhead % = TPSNet / RGB alone - 1, both timed in this process.
+inputs to channels-last; on CUDA, "phase_stream" runs the phase branch on a side stream
+(``PhasePriorBackbone(phase_stream=True)``). Overhead % = TPSNet / RGB alone - 1, both timed in
+this process.
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_step.py [--quick] [--out FILE]``.
 On a GPU: ``--device cuda [--amp]`` (bf16 autocast); every step ends with a CUDA synchronise, more
-steps are timed (3 warm-up, 20 timed) and the memory column is the peak CUDA memory of the step
+steps are timed (3 warm-up, 40 timed) and the memory column is the peak CUDA memory of the step
 beyond what was allocated before it.
 """
 
@@ -58,9 +60,10 @@ def rgb_alone(name: str, img_size: int) -> nn.Module:
     return nn.Sequential(model, nn.Linear(model.num_features, EMBED))
 
 
-def tpsnet(name: str, img_size: int, phase_model: str, half_phase: bool = False) -> TPSNet:
+def tpsnet(name: str, img_size: int, phase_model: str, half_phase: bool = False, phase_stream: bool = False) -> TPSNet:
     kwargs = {"img_size": img_size} if "vit" in name else {}
-    backbone = PhasePriorBackbone(name, phase_model=phase_model, embed_dim=EMBED, rgb_kwargs=kwargs)
+    backbone = PhasePriorBackbone(name, phase_model=phase_model, embed_dim=EMBED, rgb_kwargs=kwargs,
+                                  phase_stream=phase_stream)
     if half_phase:
         backbone.phase_model = HalfResolution(backbone.phase_model)
     text = F.normalize(torch.randn(NUM_DOMAINS, NUM_CLUSTERS, EMBED), dim=-1)
@@ -145,8 +148,8 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     # full on CPU: 1 warm-up + 2 timed steps per case (a ViT-B step at batch 32 takes many seconds);
-    # on a GPU a step takes milliseconds: 3 warm-up + 20 timed
-    batch, size, repeats = (2, 64, 1) if args.quick else (32, 224, 20 if cuda else 2)
+    # on a GPU a step takes milliseconds: 3 warm-up + 40 timed
+    batch, size, repeats = (2, 64, 1) if args.quick else (32, 224, 40 if cuda else 2)
     warmup = 3 if cuda else 1
     # --quick: timm's tiny test models (the full run uses the real ones)
     names = ["test_vit"] if args.quick else ["resnet50", "vit_base_patch16_clip_224"]
@@ -163,6 +166,8 @@ def main() -> None:
             "variant: RGB alone channels_last": (rgb_alone(name, size), None, True),
             "variant: TPSNet channels_last": (tpsnet(name, size, phase_model), domains, True),
         }
+        if cuda:
+            cases["variant: TPSNet phase_stream"] = (tpsnet(name, size, phase_model, phase_stream=True), domains, False)
         if args.quick or "vit" in name:
             # channels-last only changes convolutions: for the ViT, time it on TPSNet only
             cases = {k: v for k, v in cases.items() if not k.startswith("variant: RGB")}

@@ -133,6 +133,9 @@ class PhasePriorBackbone(nn.Module):
         phase_kwargs: Extra ``timm.create_model`` arguments for the phase model (e.g. ``img_size``,
             ``checkpoint_path``).
         fusion: Apply the self-attention fusion; False keeps Z' = Z (the "no fusion" ablation).
+        phase_stream: On CUDA, run the phase branch on a side stream so that its many small
+            kernels overlap with the RGB network's instead of running after them (same result;
+            no effect on other devices).
     """
 
     def __init__(
@@ -152,6 +155,7 @@ class PhasePriorBackbone(nn.Module):
         rgb_kwargs: dict[str, Any] | None = None,
         phase_kwargs: dict[str, Any] | None = None,
         fusion: bool = True,
+        phase_stream: bool = False,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
@@ -202,6 +206,7 @@ class PhasePriorBackbone(nn.Module):
 
         self.embed_dim = self.num_features = embed_dim
         self.norm = nn.LayerNorm(embed_dim)
+        self.phase_stream = phase_stream
         self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True) if fusion else None
         if self.attn is not None:
             # Start the residual fusion as the identity (ReZero-style): a randomly initialised
@@ -228,18 +233,34 @@ class PhasePriorBackbone(nn.Module):
             ``tokens`` (Z', B×T×e) and ``fused`` (I_f, B×e).
         """
         self._check_images(x)
-        rgb = self.rgb_proj(_pooled_features(self.rgb_model, (x - self.rgb_mean) / self.rgb_std))
-        tokens = [rgb]
         phase = None
-        if self.phase_model is not None:
-            phase_image = phase_only(x, self.phase_amplitude).to(x.dtype)
-            phase_image = (phase_image - self.phase_mean) / self.phase_std
-            phase = self.phase_proj(_pooled_features(self.phase_model, phase_image))
-            tokens.append(phase)
+        if self.phase_model is not None and self.phase_stream and x.is_cuda:
+            # Launched first on a side stream, the phase branch runs beside the RGB network.
+            main, side = torch.cuda.current_stream(x.device), torch.cuda.Stream(x.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                phase = self._phase_branch(x)
+            x.record_stream(side)
+            rgb = self._rgb_branch(x)
+            main.wait_stream(side)
+            phase.record_stream(main)
+        else:
+            rgb = self._rgb_branch(x)
+            if self.phase_model is not None:
+                phase = self._phase_branch(x)
+        tokens = [rgb] if phase is None else [rgb, phase]
         z = self.norm(torch.stack(tokens, dim=1))
         if self.attn is not None:
             z = z + self.attn(z, z, z, need_weights=False)[0]
         return {"rgb": rgb, "phase": phase, "tokens": z, "fused": self.forward_head(z)}
+
+    def _rgb_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rgb_proj(_pooled_features(self.rgb_model, (x - self.rgb_mean) / self.rgb_std))
+
+    def _phase_branch(self, x: torch.Tensor) -> torch.Tensor:
+        phase_image = phase_only(x, self.phase_amplitude).to(x.dtype)
+        phase_image = (phase_image - self.phase_mean) / self.phase_std
+        return self.phase_proj(_pooled_features(self.phase_model, phase_image))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Fused tokens Z' (B×T×e; T = 2 with the phase prior, 1 without) for images in [0, 1]."""

@@ -118,6 +118,7 @@ def build_model(config: Mapping[str, Any], embed_dim: int, num_domains: int, num
         num_heads=model_config["num_heads"],
         rgb_kwargs=dict(model_config["rgb_kwargs"]),
         phase_kwargs=dict(model_config["phase_kwargs"]),
+        phase_stream=model_config["phase_stream"],
     )
     text_features = torch.zeros(num_domains, num_clusters, embed_dim) if model_config["text_prior"] else None
     return TPSNet(
