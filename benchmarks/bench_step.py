@@ -181,6 +181,7 @@ def main() -> None:
             m = measure_step(make_step(model, x, doms, args.amp), repeats, warmup, cuda)
             m.pop("value")
             timed[case] = m
+            print(f"{name} | {case}: median {m['median_s']:.4f} s/step", flush=True)  # progress, if the run is cut off
             if case == "TPSNet (phase+fusion+synergy)":
                 parts[name] = module_times(model, images, domains, repeats=repeats if cuda else 1, amp=args.amp)
                 if "vit" in name:
