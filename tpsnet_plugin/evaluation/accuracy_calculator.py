@@ -198,11 +198,16 @@ class UCDIRAccuracyCalculator(AccuracyCalculator):
 
         Only each relevant item's rank matters: rank = (relevant items above it) + (non-relevant
         items above it) + 1. Queries of one class share their relevant set (R items), so per
-        query the R relevant similarities are sorted and every non-relevant similarity is
-        binary-searched among them (M log R work instead of M log M). Rows where a non-relevant
-        similarity equals a relevant one need the index tie-break: they take the sorting path.
+        query the R relevant keys are sorted and every non-relevant key is binary-searched among
+        them (M log R work instead of M log M). The keys (:func:`_rank_keys`) fold the gallery
+        index into the similarity, so ties are broken by index exactly as the stable sort does.
         """
+        shift = _rank_key_shift(len(reference))
+        if shift is None:
+            return self._precision_sums_by_sorting(query, reference, query_labels, reference_labels,
+                                                   voc=False)["map_at_all"]
         sums = torch.zeros(len(query), dtype=torch.float64, device=query.device)
+        gallery_index = torch.arange(len(reference), device=reference.device)
         for label in torch.unique(query_labels):
             relevant = reference_labels == label
             num_relevant = int(relevant.sum())
@@ -210,23 +215,18 @@ class UCDIRAccuracyCalculator(AccuracyCalculator):
                 continue  # R_q = 0: dropped from the mean anyway
             rows = torch.nonzero(query_labels == label).flatten()
             relevant_ref, other_ref = reference[relevant], reference[~relevant]
+            relevant_index, other_index = gallery_index[relevant], gallery_index[~relevant]
             positions = torch.arange(1, num_relevant + 1, dtype=torch.float64, device=query.device)
             for block in rows.split(self.batch_size):
-                ascending = (query[block] @ relevant_ref.T).sort(dim=1).values
-                others = query[block] @ other_ref.T
-                below = torch.searchsorted(ascending, others, side="left")  # relevant items < it
-                tied = (ascending.gather(1, below.clamp(max=num_relevant - 1)) == others).any(1)
+                ascending = _rank_keys(query[block] @ relevant_ref.T, relevant_index, shift).sort(dim=1).values
+                others = _rank_keys(query[block] @ other_ref.T, other_index, shift)
+                below = torch.searchsorted(ascending, others)  # relevant items ranked below it
                 counts = torch.zeros(len(block), num_relevant + 1, dtype=torch.float64,
                                      device=query.device).scatter_add_(
                     1, below, torch.ones_like(below, dtype=torch.float64))
                 # non-relevant items above the relevant item at ascending position q: count > q
                 above = counts.flip(1).cumsum(1).flip(1)[:, 1:].flip(1)
                 sums[block] = (positions / (positions + above)).sum(1)
-                if tied.any():
-                    exact = block[tied]
-                    sums[exact] = self._precision_sums_by_sorting(
-                        query[exact], reference, query_labels[exact], reference_labels,
-                        voc=False)["map_at_all"]
         return sums
 
     def _precision_sums_by_sorting(self, query, reference, query_labels, reference_labels,
@@ -387,3 +387,22 @@ def _mean_percent(precision_sums: torch.Tensor, relevant_counts: torch.Tensor) -
     if not valid.any():
         return float("nan")
     return 100.0 * (precision_sums[valid] / relevant_counts[valid]).mean().item()
+
+
+def _rank_key_shift(gallery_size: int) -> int | None:
+    """Bits below a similarity's ulp that hold the gallery index in :func:`_rank_keys` (None: too many)."""
+    shift = max(2, (gallery_size - 1).bit_length() + 2)
+    return shift if shift <= 28 else None  # float64 keeps 29 bits below a float32 ulp
+
+
+def _rank_keys(similarities: torch.Tensor, gallery_index: torch.Tensor, shift: int) -> torch.Tensor:
+    """Float64 keys, all distinct, whose ascending order is the reverse of the ranking order
+    (similarity descending, then gallery index ascending).
+
+    ``key = s - index * ulp(s) * 2**-shift``: with ``index < 2**(shift - 2)`` the offset stays below
+    half the gap to the next lower similarity value, and every term is a power-of-two multiple that
+    float64 represents exactly, so equal similarities are ordered by index and nothing else moves.
+    """
+    magnitude = similarities.abs()
+    ulp = torch.nextafter(magnitude, torch.full_like(magnitude, float("inf"))) - magnitude
+    return similarities.double() - gallery_index.double() * (ulp.double() * 2.0**-shift)
