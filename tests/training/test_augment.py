@@ -60,3 +60,28 @@ def test_morphology_dilates_or_erodes_each_image_against_a_loop_reference():
 def test_morphology_probability_is_validated():
     with pytest.raises(ValueError, match="morphology_p"):
         BatchAugment(morphology_p=1.5)
+
+
+def test_elastic_distortion_moves_pixels_smoothly_and_is_seeded():
+    images = torch.zeros(4, 1, 28, 28)
+    images[:, :, 8:20, 12:16] = 1.0  # a vertical stroke
+    augment = BatchAugment(crop_scale=(1.0, 1.0), rotation=0, translate=0, brightness=0, contrast=0,
+                           elastic_alpha=12.0, elastic_sigma=4.0)
+    first = augment(images, generator=torch.Generator().manual_seed(0))
+    again = augment(images, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, images, atol=1e-3)
+    # a warp only moves ink: the amount stays close and no pixel leaves [0, 1]
+    assert first.min() >= 0 and first.max() <= 1
+    assert torch.allclose(first.sum(dim=(1, 2, 3)), images.sum(dim=(1, 2, 3)), rtol=0.25)
+    # the displacement field is smooth: neighbouring pixels move by nearly the same amount
+    field = augment._elastic_displacement(images, torch.Generator().manual_seed(1)) * 14  # in pixels
+    assert field.abs().max() > 0.5
+    assert (field[:, 1:] - field[:, :-1]).abs().max() < 0.5 * field.abs().max()
+
+
+def test_elastic_arguments_are_validated():
+    with pytest.raises(ValueError, match="elastic"):
+        BatchAugment(elastic_alpha=-1.0)
+    with pytest.raises(ValueError, match="elastic"):
+        BatchAugment(elastic_sigma=0.0)

@@ -28,6 +28,11 @@ class BatchAugment(nn.Module):
         morphology_p: Probability of a 3×3 grey-level dilation or erosion (half each), which thickens
             or thins strokes: the main gap between handwriting and fonts. Meant for line drawings
             (digits, sketches); 0 turns it off.
+        elastic_alpha: Strength of a random elastic distortion (Simard et al., 2003), in pixels:
+            uniform noise in [-alpha, alpha] per pixel and axis, smoothed by a Gaussian of
+            ``elastic_sigma`` pixels, is added to the sampling grid. Handwriting varies this way;
+            0 turns it off.
+        elastic_sigma: Smoothing of the elastic displacement field, in pixels.
     """
 
     def __init__(
@@ -40,6 +45,8 @@ class BatchAugment(nn.Module):
         contrast: float = 0.3,
         grayscale_p: float = 0.0,
         morphology_p: float = 0.0,
+        elastic_alpha: float = 0.0,
+        elastic_sigma: float = 4.0,
     ) -> None:
         super().__init__()
         low, high = crop_scale
@@ -55,6 +62,10 @@ class BatchAugment(nn.Module):
         if not 0 <= morphology_p <= 1:
             raise ValueError(f"morphology_p is a probability in [0, 1], got {morphology_p}")
         self.morphology_p = float(morphology_p)
+        if elastic_alpha < 0 or not elastic_sigma > 0:
+            raise ValueError(f"elastic_alpha must be >= 0 and elastic_sigma > 0, got {elastic_alpha} and {elastic_sigma}")
+        self.elastic_alpha = float(elastic_alpha)
+        self.elastic_sigma = float(elastic_sigma)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment ``images`` (B×C×H×W floats in [0, 1]); returns a new tensor of the same shape."""
@@ -79,6 +90,8 @@ class BatchAugment(nn.Module):
             dim=1,
         )
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+        if self.elastic_alpha > 0:
+            grid = grid + self._elastic_displacement(images, generator)
         out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
         if self.brightness > 0:
@@ -96,3 +109,17 @@ class BatchAugment(nn.Module):
             pick = uniform(0, 1).view(-1, 1, 1, 1)
             out = torch.where(pick < self.morphology_p / 2, dilated, torch.where(pick < self.morphology_p, eroded, out))
         return out.clamp(0, 1)
+
+    def _elastic_displacement(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Smooth random displacement B×H×W×2 in grid units (2 / size per pixel)."""
+        batch, _, height, width = images.shape
+        radius = max(1, round(3 * self.elastic_sigma))
+        offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+        kernel = torch.exp(-(offsets**2) / (2 * self.elastic_sigma**2))
+        kernel = kernel / kernel.sum()
+        noise = torch.rand(batch, 2, height, width, device=images.device, generator=generator).to(images.dtype) * 2 - 1
+        # separable Gaussian blur of the x and y fields (replicate padding works for any size)
+        noise = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1).expand(2, 1, 1, -1), groups=2)
+        noise = F.conv2d(F.pad(noise, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1).expand(2, 1, -1, 1), groups=2)
+        scale = torch.tensor([2.0 / width, 2.0 / height], device=images.device, dtype=images.dtype)
+        return noise.permute(0, 2, 3, 1) * self.elastic_alpha * scale
