@@ -137,14 +137,32 @@ def test_bad_inputs_raise():
         ClusterPseudoLabeler(C).fit(x, d)
 
 
+def test_warm_start_follows_the_labels_into_a_moved_feature_space():
+    # Training moves the feature space between fits (here: a random rotation and a projection to
+    # another width); the warm start recomputes the previous clusters' centroids in the new
+    # features, so the same partition keeps the same ids.
+    x, d, y = make_domains()
+    labeler = ClusterPseudoLabeler(C)
+    first = labeler.fit(x, d, y)
+    check_result(first, d, y)
+    rotation, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(E, E)))
+    rotated = labeler.fit((x @ rotation).astype(np.float32), d, y)
+    assert rotated.ids_changed == 0 and (rotated.labels == first.labels).all()
+    wider = np.concatenate([x, np.zeros((len(x), 4), np.float32)], axis=1) @ np.eye(E + 4)[::-1]
+    widened = labeler.fit(wider.astype(np.float32), d, y)
+    assert widened.ids_changed == 0 and (widened.labels == first.labels).all()
+
+
 def test_warm_start_shape_mismatch_asks_for_reset():
+    # other samples (no previous labels for them) and another width: nothing to start from
     x, d, _ = make_domains()
     labeler = ClusterPseudoLabeler(C)
     labeler.fit(x, d)
+    keep = np.flatnonzero(np.arange(len(d)) % 5 != 0)
     with pytest.raises(ValueError, match="reset"):
-        labeler.fit(x[:, :8], d)
+        labeler.fit(x[keep, :8], d[keep])
     labeler.reset()
-    assert labeler.fit(x[:, :8], d).ids_changed is None
+    assert labeler.fit(x[keep, :8], d[keep]).ids_changed is None
 
 
 def test_sklearn_fallback_aligns_ids(monkeypatch):

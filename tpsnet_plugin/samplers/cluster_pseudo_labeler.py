@@ -100,8 +100,10 @@ class ClusterPseudoLabeler:
     Initialisation, in order of precedence:
 
     - warm start (``warm_start`` and a previous fit or loaded state): every domain starts from
-      the previous aligned centroids and domain 0 is matched to its previous centroids too, so
-      ids stay stable across re-clusterings;
+      the centroids of the previous labels recomputed in the current features (the stored
+      aligned centroids when the samples differ or a cluster is empty), and domain 0 is matched
+      to them too, so ids stay stable across re-clusterings even after training has moved the
+      feature space;
     - anchored (``anchor`` not ``None``): the anchor domain is clustered first (``nredo``
       restarts) and every other domain starts from its centroids;
     - otherwise every domain is clustered independently.
@@ -120,7 +122,7 @@ class ClusterPseudoLabeler:
         center_per_domain: Subtract each domain's mean feature before clustering.
         anchor: ``"smallest"`` (the domain with the fewest images, usually the cleaner one), a
             domain index, or ``None`` for independent clustering. Unused when warm-starting.
-        warm_start: Initialise every fit after the first from the previous aligned centroids.
+        warm_start: Initialise every fit after the first from the previous aligned clusters.
         use_gpu: Run faiss k-means on all visible GPUs (needs faiss-gpu).
     """
 
@@ -202,12 +204,7 @@ class ClusterPseudoLabeler:
                 x[idx] -= x[idx].mean(axis=0)
             x = _l2_normalize(x)
 
-        previous = self._centroids if self.warm_start else None
-        if previous is not None and previous.shape != (num_domains, self.num_clusters, x.shape[1]):
-            raise ValueError(
-                f"the previous fit has centroids of shape {previous.shape} but these features "
-                f"need {(num_domains, self.num_clusters, x.shape[1])}; call reset() first"
-            )
+        previous = self._warm_start_centroids(x, members) if self.warm_start else None
         raw = self._cluster_domains([x[idx] for idx in members], counts, previous)
 
         # Domain 0 is the reference; after a warm start it is itself matched to its previous
@@ -246,6 +243,36 @@ class ClusterPseudoLabeler:
         if true_labels is not None:
             self._add_diagnostics(result, true_labels, members)
         return result
+
+    def _warm_start_centroids(self, x: np.ndarray, members: list[np.ndarray]) -> np.ndarray | None:
+        """Previous aligned clusters as centroids (D, C, e) in the space of ``x``, or None (cold start)."""
+        if self._centroids is None and self._labels is None:
+            return None
+        shape = (len(members), self.num_clusters, x.shape[1])
+        stored = self._centroids if self._centroids is not None and self._centroids.shape == shape else None
+        if self._labels is None or len(self._labels) != len(x):
+            if stored is None:
+                raise ValueError(
+                    f"the previous fit has centroids of shape {getattr(self._centroids, 'shape', None)} "
+                    f"and no labels for these {len(x)} samples, but these features need {shape}; "
+                    "call reset() first"
+                )
+            return stored
+        # Centroids of the previous labels in the current features: training moves the feature
+        # space between fits, so the stored centroids can start k-means far from its clusters.
+        centroids = np.zeros(shape, dtype=np.float32)
+        for d, idx in enumerate(members):
+            counts = np.bincount(self._labels[idx], minlength=self.num_clusters)
+            np.add.at(centroids[d], self._labels[idx], x[idx])
+            empty = counts == 0
+            if empty.any():
+                if stored is None:
+                    raise ValueError(
+                        f"cluster(s) {np.flatnonzero(empty).tolist()} of the previous fit are empty in "
+                        f"domain {d} and no stored centroids fit these features; call reset() first"
+                    )
+                centroids[d, empty] = stored[d, empty]
+        return _l2_normalize(centroids)
 
     def reset(self) -> None:
         """Forget the previous fit: the next :meth:`fit` starts cold (anchored or independent)."""
