@@ -58,8 +58,8 @@ def run_variant(config_path: str, variant: str, seed: int, extra: list[str], out
     config = load_config(config_path, overrides, output_dir=str(out / f"{variant}-seed{seed}"))
     run_dir = Path(config["output_dir"])
     finished = run_dir / "summary.json"
-    if finished.exists() and json.loads(finished.read_text())["config"] == config:
-        summary = json.loads(finished.read_text())
+    summary = json.loads(finished.read_text()) if finished.exists() else None
+    if summary is not None and summary["config"] == config:
         print(f"reusing the finished run in {run_dir}")
     else:
         if threads:
