@@ -63,10 +63,18 @@ def test_ids_are_aligned_across_domains(anchor):
     assert len(result.nmi_per_domain) == len(result.ari_per_domain) == 3
     assert min(result.nmi_per_domain) > 0.99
     assert result.ids_changed is None
-    # matching_cost = 1 - mean cosine of matched (aligned) centroids of domains 1.. vs domain 0.
+    # matching_cost = 1 - mean cosine of each domain's aligned centroids with the normalised mean
+    # of the other domains' (the consensus alignment's target).
     cent = result.centroids / np.linalg.norm(result.centroids, axis=2, keepdims=True)
-    cosines = [cent[k, c] @ cent[0, c] for k in (1, 2) for c in range(C)]
+    cosines = []
+    for k in range(3):
+        others = np.delete(cent, k, axis=0).mean(axis=0)
+        cosines += [cent[k, c] @ others[c] / np.linalg.norm(others[c]) for c in range(C)]
     assert result.matching_cost == pytest.approx(1 - np.mean(cosines), abs=1e-5)
+    reference = ClusterPseudoLabeler(C, anchor=anchor, alignment="reference").fit(x, d, true_labels=y)
+    cosines = [cent[k, c] @ cent[0, c] for k in (1, 2) for c in range(C)]  # domains 1.. vs domain 0
+    assert (reference.labels == result.labels).all()
+    assert reference.matching_cost == pytest.approx(1 - np.mean(cosines), abs=1e-5)
     assert 0 <= result.matching_cost < 0.2
     # Spherical k-means on centred, normalised features: unit centroids.
     assert np.allclose(np.linalg.norm(result.centroids, axis=2), 1, atol=1e-4)
@@ -79,6 +87,74 @@ def test_independent_clusterings_need_the_matching():
     result = ClusterPseudoLabeler(C, anchor=None).fit(x, d, true_labels=y)
     assert any((perm != np.arange(C)).any() for perm in result.matching[1:])
     check_result(result, d, y)
+
+
+def make_ambiguous_reference(eps=0.15, noise=0.05, n=120, seed=0):
+    """Four domains; in domain 0 classes 0 and 1 have centroids equally close to both classes'
+    centroids elsewhere, and domains 1-3 are tilted so that each breaks that tie its own way."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(E, C + 2)))[0].T
+    means, (u0, u1) = basis[:C], basis[C:]
+    xs, ds, ys = [], [], []
+    for d in range(4):
+        y = rng.permutation(np.arange(n) % C)
+        m = means.copy()
+        if d == 0:
+            middle = (means[0] + means[1]) / np.sqrt(2)
+            m[0], m[1] = middle + 0.5 * u0, middle + 0.5 * u1
+        else:
+            tilt = (1 if d % 2 else -1) * eps * (u0 - u1)
+            m[0], m[1] = means[0] + tilt, means[1] - tilt
+        xs.append(m[y] + noise * rng.normal(size=(n, E)))
+        ds.append(np.full(n, d))
+        ys.append(y)
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ds), np.concatenate(ys)
+
+
+@pytest.mark.parametrize("anchor", [None, "smallest", 1])
+def test_consensus_alignment_outvotes_a_domain_with_ambiguous_clusters(anchor):
+    x, d, y = make_ambiguous_reference()
+    reference = ClusterPseudoLabeler(C, anchor=anchor, alignment="reference").fit(x, d, true_labels=y)
+    # matched to domain 0 alone, domains 1-3 disagree on classes 0 and 1 (what the test exercises)
+    with pytest.raises(AssertionError):
+        check_result(reference, d, y)
+    assert min(reference.nmi_per_domain) > 0.99 and reference.nmi < 0.95
+    consensus = ClusterPseudoLabeler(C, anchor=anchor).fit(x, d, true_labels=y)
+    check_result(consensus, d, y)
+    assert consensus.nmi > 0.99
+
+
+def test_consensus_keeps_warm_started_ids():
+    x, d, y = make_ambiguous_reference()
+    labeler = ClusterPseudoLabeler(C)
+    first = check_result(labeler.fit(x, d, y), d, y)
+    labeler.seed = 3
+    rng = np.random.default_rng(1)
+    second = labeler.fit(x + 0.01 * rng.normal(size=x.shape).astype(np.float32), d, y)
+    assert second.ids_changed == 0 and (check_result(second, d, y) == first).all()
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_two_domains_consensus_equals_the_pairwise_matching(warm):
+    # noisy clusters, so the matching has real choices to make
+    x, d, y = make_domains(counts=(60, 90), noise=0.4)
+    consensus, reference = ClusterPseudoLabeler(C), ClusterPseudoLabeler(C, alignment="reference")
+    if warm:
+        consensus.fit(x[::-1].copy(), d)  # a different first fit: the second one warm-starts from it
+        reference.fit(x[::-1].copy(), d)
+    a, b = consensus.fit(x, d, y), reference.fit(x, d, y)
+    assert a.nmi < 0.99  # the data is not trivially separable
+    if warm:
+        # same partition; the ids may differ by one permutation shared by both domains (after a
+        # warm start the consensus relabels the domains together to keep the previous ids)
+        assert len(set(zip(a.labels.tolist(), b.labels.tolist()))) == C
+    else:
+        assert (a.labels == b.labels).all()
+
+
+def test_alignment_must_be_known():
+    with pytest.raises(ValueError, match="alignment must be 'consensus' or 'reference'"):
+        ClusterPseudoLabeler(C, alignment="pairwise")
 
 
 def test_no_true_labels_no_diagnostics():
