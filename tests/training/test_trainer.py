@@ -61,6 +61,14 @@ def test_fit_writes_summary_metrics_and_model(tmp_path):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["direction"]) for r in lines] == [(e, d) for e in (1, 2, 3) for d in sorted(directions)]
     assert json.loads((run / "summary.json").read_text())["last"] == summary["last"]
+    # one clustering after the warm-up, one re-clustering at stage-2 epoch 2 (recluster_every 2, none at the end)
+    clusterings = [json.loads(line) for line in (run / "clustering.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in clusterings] == [("cluster", 0), ("train", 2)]
+    assert clusterings == summary["clustering"]
+    assert clusterings[0]["ids_changed"] is None and 0 <= clusterings[1]["ids_changed"] <= 2 * 96
+    for record in clusterings:
+        assert set(record["nmi_per_domain"]) == {"handwritten-mnist", "printed"}
+        assert all(0 <= v <= 1 for v in [record["nmi"], *record["nmi_per_domain"].values()])
     assert (run / "config.yaml").is_file() and (run / "model" / "model.safetensors").is_file()
     assert (run / "tsne.png").is_file() and (run / "retrieval_printed_to_handwritten-mnist.png").is_file()
 
@@ -106,8 +114,15 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed_out[-3000:]
     assert "resumed from" in resumed_out
 
-    expected = json.loads((tmp_path / "reference" / "run" / "summary.json").read_text())["last"]
-    actual = json.loads((tmp_path / "killed" / "run" / "summary.json").read_text())["last"]
+    expected_summary = json.loads((tmp_path / "reference" / "run" / "summary.json").read_text())
+    actual_summary = json.loads((tmp_path / "killed" / "run" / "summary.json").read_text())
+    # the resumed run's records come from the checkpoint's history: none lost, none repeated
+    for name in ("metrics.jsonl", "clustering.jsonl"):
+        keys = [[(r["stage"], r["epoch"], r.get("direction"))
+                 for r in map(json.loads, (tmp_path / run / "run" / name).read_text().splitlines())]
+                for run in ("reference", "killed")]
+        assert keys[0] == keys[1], name
+    expected, actual = expected_summary["last"], actual_summary["last"]
     # Same seed, RNG states restored: identical up to float summation order (stated tolerance 0.5 points).
     for direction, metrics in expected.items():
         for name, value in metrics.items():

@@ -198,6 +198,7 @@ class TPSNetTrainer:
             center_per_domain=cfg["cluster"]["center_per_domain"],
             anchor=cfg["cluster"]["anchor"],
             warm_start=cfg["cluster"]["warm_start"],
+            alignment=cfg["cluster"]["alignment"],
         )
         self.prototype_loss = PrototypeCrossEntropyLoss(
             self.num_clusters, embed_dim, temperature=s2["prototype_temperature"], momentum=s2["prototype_momentum"]
@@ -376,15 +377,20 @@ class TPSNetTrainer:
         self.labels = labels
         self.keep_mask = self._confident_mask(embeddings, labels)
         self.last_nmi = _as_float(getattr(result, "nmi", None))
+        per_domain = getattr(result, "nmi_per_domain", None)
         info = {
             "ids_changed": result.ids_changed,
             "matching_cost": float(result.matching_cost),
             "nmi": self.last_nmi,
             "ari": _as_float(getattr(result, "ari", None)),
+            "nmi_per_domain": dict(zip(self.domain_names, per_domain)) if per_domain is not None else None,
         }
-        self.accelerator.print(
-            "clustering: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
-        )
+        self.accelerator.print("clustering: " + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items() if k != "nmi_per_domain"
+        ))
+        self.history.append({"stage": self.stage, "epoch": self.epoch, "clustering": info})
+        if self.accelerator.is_main_process:
+            self._write_jsonl()
         return info
 
     def _confident_mask(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -588,38 +594,40 @@ class TPSNetTrainer:
         if not (recluster or evaluate):
             return
         embeddings = self.embed()
-        cluster_info = None
         if recluster:
-            cluster_info = self.cluster(embeddings)
+            self.cluster(embeddings)
             self._init_prototypes(embeddings)
         if evaluate:
-            self._record(self.evaluate(embeddings), cluster_info)
+            self._record(self.evaluate(embeddings))
         if last:
             self.final_embeddings = embeddings  # reused by the plots instead of embedding again
 
-    def _record(self, results: dict[str, dict[str, float]], cluster_info: dict[str, Any] | None) -> None:
-        record = {"stage": self.stage, "epoch": self.epoch, "pseudo_label_nmi": self.last_nmi, "results": results}
-        if cluster_info:
-            record["clustering"] = cluster_info
-        self.history.append(record)
+    def _record(self, results: dict[str, dict[str, float]]) -> None:
+        self.history.append({"stage": self.stage, "epoch": self.epoch, "pseudo_label_nmi": self.last_nmi, "results": results})
         if self.accelerator.is_main_process:
-            self._write_metrics_jsonl()
+            self._write_jsonl()
         mean = mean_metrics(results)
         self.accelerator.log({f"eval/{k}": v for k, v in mean.items()}, step=self.epoch)
         self.accelerator.print(f"[{self.stage} epoch {self.epoch}] " + ", ".join(f"{k}={v:.2f}" for k, v in mean.items()))
 
-    def _write_metrics_jsonl(self) -> None:
-        lines = []
+    def _write_jsonl(self) -> None:
+        # Rewritten whole from the history (which resume restores), so a resumed run has no gaps or repeats.
+        evaluations, clusterings = [], []
         for record in self.history:
+            if "clustering" in record:
+                clusterings.append(json.dumps({"stage": record["stage"], "epoch": record["epoch"], **record["clustering"]}))
+                continue
             for direction, metrics in record["results"].items():
-                lines.append(json.dumps({
+                evaluations.append(json.dumps({
                     "stage": record["stage"], "epoch": record["epoch"], "direction": direction,
                     "metrics": metrics, "pseudo_label_nmi": record["pseudo_label_nmi"],
                 }))
-        path = self.output_dir / "metrics.jsonl"
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in lines))
-        tmp.replace(path)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for name, lines in (("metrics.jsonl", evaluations), ("clustering.jsonl", clusterings)):
+            path = self.output_dir / name
+            tmp = path.with_name(f".{name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in lines))
+            tmp.replace(path)
 
     def _progress(self, iterable, desc: str):
         return tqdm(iterable, desc=desc, disable=not self.accelerator.is_local_main_process, leave=False)
@@ -698,7 +706,7 @@ class TPSNetTrainer:
         self.save(f"{stage}-start")
 
     def _summary(self) -> dict[str, Any]:
-        evaluated = [r for r in self.history if r["stage"] == "train"]
+        evaluated = [r for r in self.history if r["stage"] == "train" and "results" in r]
         if not evaluated:
             raise RuntimeError("No evaluation was recorded; stage2.epochs must be >= 1")
         first_k = f"precision_at_{self.config['eval']['ks'][0]}"
@@ -714,6 +722,8 @@ class TPSNetTrainer:
                 **best["results"],
             },
             "pseudo_label_nmi": self.last_nmi,
+            "clustering": [{"stage": r["stage"], "epoch": r["epoch"], **r["clustering"]}
+                           for r in self.history if "clustering" in r],
             "raw_pixel_baseline": baseline,
             "wall_seconds": self.elapsed_before_resume + time.time() - self.start_time,
             "num_processes": self.accelerator.num_processes,
