@@ -26,7 +26,6 @@ from typing import Any, Callable, Sequence
 import psutil
 
 RESULTS_DIR = Path(__file__).parent / "results"
-LOAD_NOTE = "shared 2-core machine"
 MIB = 2**20
 
 
@@ -65,7 +64,7 @@ def parse_args(name: str, description: str, device: bool = False) -> argparse.Na
 
 
 def machine_facts() -> dict[str, Any]:
-    """CPU count and model, library versions, date and load note, for the JSON header."""
+    """CPU count and model, GPU, library versions, date and load average, for the JSON header."""
     import numpy
     import torch
 
@@ -95,7 +94,7 @@ def machine_facts() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "faiss": faiss_version,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "load": LOAD_NOTE,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 

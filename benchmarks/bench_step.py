@@ -10,16 +10,20 @@ Variants (local monkeypatches, the package is unchanged): "phase@1/2" runs the p
 the phase-only image average-pooled to half resolution; "channels_last" converts both models and
 inputs to channels-last; on CUDA, "phase_stream" runs the phase branch on a side stream
 (``PhasePriorBackbone(phase_stream=True)``). Overhead % = TPSNet / RGB alone - 1, both timed in
-this process.
+this process: the cases of one RGB model are timed in turn (one step each per round), so a change of
+clock speed or load hits them alike.
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_step.py [--quick] [--out FILE]``.
-On a GPU: ``--device cuda [--amp]`` (bf16 autocast); every step ends with a CUDA synchronise, more
-steps are timed (3 warm-up, 40 timed) and the memory column is the peak CUDA memory of the step
-beyond what was allocated before it.
+On a GPU: ``--device cuda [--amp]`` (bf16 autocast); cuDNN benchmark mode is on, every step ends
+with a CUDA synchronise, more steps are timed (3 warm-up, 40 timed) and the memory column is the
+peak CUDA memory of the step beyond what was allocated before it.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -100,6 +104,23 @@ def measure_step(step, repeats: int, warmup: int, cuda: bool) -> dict:
     return result
 
 
+def measure_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: int, cuda: bool) -> dict[str, dict]:
+    """Median step time of every case, timed in turn for ``repeats`` rounds.
+
+    Interleaving puts a change of clock speed or machine load on every case alike, so the ratios
+    between cases stay fair. Each case first gets its warm-up steps and one step for its memory.
+    """
+    results = {case: measure_step(step, 1, warmup, cuda) for case, step in steps.items()}
+    times: dict[str, list[float]] = {case: [] for case in steps}
+    for _ in range(repeats):
+        for case, step in steps.items():
+            begin = time.perf_counter()
+            step()
+            times[case].append(time.perf_counter() - begin)
+    return {case: {"median_s": statistics.median(t), "times_s": t, "repeats": repeats, "warmup": warmup,
+                   "extra_peak_mib": results[case]["extra_peak_mib"]} for case, t in times.items()}
+
+
 def profile_step(step, top: int = 12, cuda: bool = False) -> str:
     """torch.profiler table of one step, by self CPU time (self CUDA time on a GPU)."""
     from torch.profiler import ProfilerActivity, profile
@@ -147,6 +168,10 @@ def main() -> None:
     args = parse_args("bench_step", __doc__.splitlines()[0], device=True)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if cuda:
+        # fixed input shapes: let cuDNN pick its fastest convolution algorithms (as timm's train.py does)
+        torch.backends.cudnn.benchmark = True
+    start = time.perf_counter()
     # full on CPU: 1 warm-up + 2 timed steps per case (a ViT-B step at batch 32 takes many seconds);
     # on a GPU a step takes milliseconds: 3 warm-up + 40 timed
     batch, size, repeats = (2, 64, 1) if args.quick else (32, 224, 40 if cuda else 2)
@@ -171,22 +196,23 @@ def main() -> None:
         if args.quick or "vit" in name:
             # channels-last only changes convolutions: for the ViT, time it on TPSNet only
             cases = {k: v for k, v in cases.items() if not k.startswith("variant: RGB")}
-        timed = {}
+        steps = {}
         for case, (model, doms, channels_last) in cases.items():
             model = model.to(device)
             x = images
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
                 x = images.contiguous(memory_format=torch.channels_last)
-            m = measure_step(make_step(model, x, doms, args.amp), repeats, warmup, cuda)
-            m.pop("value")
-            timed[case] = m
-            print(f"{name} | {case}: median {m['median_s']:.4f} s/step", flush=True)  # progress, if the run is cut off
+            steps[case] = make_step(model, x, doms, args.amp)
             if case == "TPSNet (phase+fusion+synergy)":
-                parts[name] = module_times(model, images, domains, repeats=repeats if cuda else 1, amp=args.amp)
+                parts[name] = module_times(model, images, domains, repeats=20 if cuda else 1, amp=args.amp)
                 if "vit" in name:
-                    profiles[name] = profile_step(make_step(model, x, doms, args.amp), cuda=cuda)
-            del model
+                    profiles[name] = profile_step(steps[case], cuda=cuda)
+        timed = measure_interleaved(steps, repeats, warmup, cuda)
+        del steps
+        # progress, in case the run is cut off
+        print(f"[{time.perf_counter() - start:.0f} s] {name}: " + ", ".join(
+            f"{case} {m['median_s']:.4f}" for case, m in timed.items()) + " (median s/step)", flush=True)
         base, base_cl = timed["RGB alone"], timed.get("variant: RGB alone channels_last")
         for case, m in timed.items():
             ref = base_cl if ("channels_last" in case and base_cl is not None) else base
@@ -213,7 +239,9 @@ def main() -> None:
                   "num_domains": NUM_DOMAINS, "num_clusters": NUM_CLUSTERS,
                   "device": torch.cuda.get_device_name(device) if cuda else "cpu",
                   "amp_bf16": args.amp,
-                  "timing": f"median of {repeats} timed steps after {warmup} warm-up step(s)",
+                  "cudnn_benchmark": cuda,
+                  "timing": f"median of {repeats} timed steps after {warmup} warm-up step(s); the cases of one "
+                            "RGB model are timed in turn, one step each per round",
                   "memory": ("peak CUDA memory of the timed steps beyond the memory held before them" if cuda
                              else "extra peak RSS, background sampler (benchmarks/_common.py)")},
         "headers": headers,

@@ -128,6 +128,8 @@ def main(argv=None) -> dict:
         report["variants"][variant] = {
             "last": aggregate(runs),
             "pseudo_label_nmi": list(_mean_std([r["summary"]["pseudo_label_nmi"] or 0.0 for r in runs])),
+            # every clustering of every run (after the warm-up, then each re-clustering): where labels drift
+            "clustering": [r["summary"].get("clustering", []) for r in runs],
             "oracle_peak_epochs": peaks,
             "seconds": [r["seconds"] for r in runs],
             "devices": sorted({r["device"] for r in runs}),
@@ -146,6 +148,11 @@ def main(argv=None) -> dict:
             f"{variant:14s} " + "  ".join(f"{m}={v[0]:.2f}±{v[1]:.2f}" for m, v in mean.items())
             + (f"  nmi={data['pseudo_label_nmi'][0]:.3f}  peak epochs={data['oracle_peak_epochs']}" if "pseudo_label_nmi" in data else "")
         )
+        for seed, records in zip(report["seeds"], data.get("clustering", [])):
+            if records:
+                lines.append(f"{'':14s} seed {seed} clusterings (stage:epoch nmi [per domain] ids_changed): " + "; ".join(
+                    f"{r['stage']}:{r['epoch']} {r['nmi']:.3f} [{' '.join(f'{v:.2f}' for v in r['nmi_per_domain'].values())}] "
+                    f"{r['ids_changed']}" for r in records))
     print("\n".join(lines))
     _plots(report, out)
     return report

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MACHINE_KEYS = {"nproc", "cpu_model", "torch", "faiss", "date", "load"}
+MACHINE_KEYS = {"nproc", "cpu_model", "gpu", "torch", "faiss", "date"}
 EXPECTED_KEYS = {
     "bench_eval": {"setup", "headers", "rows", "results", "goals_at_first_size", "notes"},
     "bench_cluster": {"setup", "clustering", "instance_loss"},
@@ -77,6 +77,8 @@ def test_quality_digits_runs_variants_in_worker_processes(tmp_path):
     for variant in ("no_priors", "full"):
         data = report["variants"][variant]
         assert len(data["curves"]) == 2 and len(data["oracle_peak_epochs"]) == 2
+        # one clustering per run (after the warm-up; a 1-epoch stage 2 does not re-cluster)
+        assert [[(r["stage"], r["epoch"]) for r in records] for records in data["clustering"]] == [[("cluster", 0)]] * 2
         mean, std = data["last"]["mean"]["precision_at_1"]
         assert 0 <= mean <= 100 and std >= 0
     # each run's own summary agrees with the aggregate (mean over the two seeds)
