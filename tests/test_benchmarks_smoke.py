@@ -89,3 +89,13 @@ def test_quality_digits_runs_variants_in_worker_processes(tmp_path):
     assert report["variants"]["full"]["last"][direction]["precision_at_1"][0] == pytest.approx(expected)
     assert (tmp_path / "quality_digits_ablation.png").stat().st_size > 0
     assert (tmp_path / "quality_digits_curve.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["profile_phase_net", "bench_phase_graph"])
+def test_gpu_only_scripts_explain_themselves_without_cuda(name):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is present: the script would run its full measurement")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert f"{name}.py needs a CUDA GPU" in proc.stderr
