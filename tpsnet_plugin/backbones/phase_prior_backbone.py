@@ -133,9 +133,11 @@ class PhasePriorBackbone(nn.Module):
         phase_kwargs: Extra ``timm.create_model`` arguments for the phase model (e.g. ``img_size``,
             ``checkpoint_path``).
         fusion: Apply the self-attention fusion; False keeps Z' = Z (the "no fusion" ablation).
-        phase_stream: On CUDA, run the phase branch on a side stream so that its many small
-            kernels overlap with the RGB network's instead of running after them (same result;
-            no effect on other devices).
+        phase_stream: On CUDA, run the phase branch on a side stream so that its kernels can
+            overlap with the RGB network's (same result; no effect on other devices). Measured on
+            one H200 (``benchmarks/bench_step.py``) it did not help: the phase branch is bound by
+            kernel launches, which a stream does not remove (ViT-B overhead +18.2% vs +19.8%
+            fp32, +77.8% vs +62.5% bf16). Off by default.
     """
 
     def __init__(
