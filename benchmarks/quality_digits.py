@@ -177,16 +177,19 @@ def _plots(report: dict, out: Path) -> None:
 
     if "full" in report["variants"]:
         figure, axis = plt.subplots(figsize=(6, 4))
-        for seed, history in zip(report["seeds"], report["variants"]["full"]["curves"]):
+        full = report["variants"]["full"]
+        clusterings_per_seed = full.get("clustering") or [[] for _ in full["curves"]]
+        for seed, history, clusterings in zip(report["seeds"], full["curves"], clusterings_per_seed):
             by_epoch: dict[int, list[dict]] = {}
             for line in history:
                 by_epoch.setdefault(line["epoch"], []).append(line)
             epochs = sorted(by_epoch)
             p1 = [statistics.fmean(x["metrics"]["precision_at_1"] for x in by_epoch[e]) for e in epochs]
-            nmi = [by_epoch[e][0]["pseudo_label_nmi"] or 0.0 for e in epochs]
-            axis.plot(epochs, p1, marker="o", label=f"P@1 seed {seed}")
-            axis.plot(epochs, [100 * n for n in nmi], linestyle="--", label=f"100·NMI seed {seed}")
-        axis.set_xlabel("stage-2 epoch")
+            (line,) = axis.plot(epochs, p1, marker="o", label=f"P@1 seed {seed}")
+            # NMI of every clustering: epoch 0 is the one after the warm-up
+            axis.plot([r["epoch"] for r in clusterings], [100 * r["nmi"] for r in clusterings], linestyle="--",
+                      marker="x", color=line.get_color(), label=f"100·NMI seed {seed}")
+        axis.set_xlabel("stage-2 epoch (0: clustering after the warm-up)")
         axis.legend(fontsize=7)
         figure.tight_layout()
         figure.savefig(out / "quality_digits_curve.png", dpi=100)
