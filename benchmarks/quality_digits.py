@@ -18,7 +18,8 @@ GPU machine with many cores the whole study takes minutes instead of hours.
 Prints mean ± std over seeds of P@1/5/15 and mAP@All per direction and averaged, the pseudo-label
 NMI, the epoch at which each run peaked (oracle, uses labels: a measure of pseudo-label drift), and
 writes ``benchmarks/results/quality_digits.json`` plus ``quality_digits_ablation.png`` (per-direction
-bars) and ``quality_digits_curve.png`` (P@1 and pseudo-label NMI vs epoch of the full model).
+bars) and ``quality_digits_curve.png`` (the full model's P@1 per evaluation and pseudo-label NMI per
+clustering vs stage-2 epoch).
 A finished run (``<work-dir>/<variant>-seed<k>/summary.json`` with the same config) is reused, so an
 interrupted study continues where it stopped and runs made on another machine can be merged.
 """
