@@ -54,6 +54,11 @@ def _match(raw: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return perm, cos[perm, np.arange(len(raw))]
 
 
+def _aligned(raw: list[np.ndarray], matching: list[np.ndarray]) -> np.ndarray:
+    """Normalised centroids (D, C, e) in aligned-id order."""
+    return np.stack([_l2_normalize(r)[np.argsort(perm)] for r, perm in zip(raw, matching)])
+
+
 def _reference_matching(raw: list[np.ndarray], first: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Match every domain d >= 1 to domain 0, whose ids are given by ``first``.
 
@@ -85,7 +90,7 @@ def _consensus_matching(
         centroid with the consensus of the other domains (indexed by raw id).
     """
     matching = [perm.copy() for perm in matching]
-    aligned = np.stack([_l2_normalize(r)[np.argsort(perm)] for r, perm in zip(raw, matching)])
+    aligned = _aligned(raw, matching)
     cosines = [np.ones(len(raw[0]), dtype=np.float32)] * len(raw)
     for _ in range(max_rounds):
         changed = False
@@ -280,8 +285,7 @@ class ClusterPseudoLabeler:
             if previous is not None:
                 # The consensus may have moved a domain that kept its ids onto the others' ids;
                 # relabel all domains together so that the ids best keep their previous meaning.
-                aligned = np.stack([_l2_normalize(r)[np.argsort(perm)] for r, perm in zip(raw, matching)])
-                similarity = np.einsum("dpe,dne->pn", _l2_normalize(previous), aligned)
+                similarity = np.einsum("dpe,dne->pn", _l2_normalize(previous), _aligned(raw, matching))
                 previous_ids, new_ids = linear_sum_assignment(similarity, maximize=True)
                 relabel = np.empty(self.num_clusters, dtype=np.int64)
                 relabel[new_ids] = previous_ids
