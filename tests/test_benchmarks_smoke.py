@@ -99,3 +99,30 @@ def test_gpu_only_scripts_explain_themselves_without_cuda(name):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert f"{name}.py needs a CUDA GPU" in proc.stderr
+
+
+def test_confusions_digits_matches_the_runs_evaluation(tmp_path):
+    from tpsnet_plugin.training import TPSNetTrainer, load_config
+
+    tiny = ["data.subset_per_domain=60", "data.image_size=16", "warmup.epochs=1", "warmup.batch_size=32",
+            "stage1.epochs=1", "stage2.epochs=1", "stage2.batch_size=40", "cluster.nredo=1",
+            "eval.plots=false", "accelerate.log_with=none",
+            "model.phase_kwargs={widths: [8, 8, 16, 16]}", "model.rgb_kwargs={widths: [8, 16, 16, 32]}"]
+    summary = TPSNetTrainer(load_config(ROOT / "configs" / "digits.yaml", tiny, output_dir=str(tmp_path / "run"))).fit()
+    out = tmp_path / "confusions.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "confusions_digits.py"), "--run",
+                           str(tmp_path / "run"), "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["directions"]) == set(summary["last"])
+    for direction, row in report["directions"].items():
+        # the evaluator's P@1 of the reloaded checkpoint, the run's own last P@1, and 1 - errors/queries agree
+        assert row["precision_at_1"] == pytest.approx(summary["last"][direction]["precision_at_1"], abs=1e-6)
+        assert row["precision_at_1"] == pytest.approx(100 * (1 - row["errors"] / row["queries"]), abs=1e-6)
+        assert sum(c["count"] for c in row["top_confusions"]) <= row["errors"]
+        assert all(c["query_class"] != c["retrieved_class"] for c in row["top_confusions"])
+    missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "confusions_digits.py"), "--run",
+                              str(tmp_path / "nowhere")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert missing.returncode == 1 and "must be the output_dir of a trainer run" in missing.stderr
