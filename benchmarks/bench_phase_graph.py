@@ -1,7 +1,7 @@
 """Can the phase branch's launch cost be hidden? ViT-B/16 training step, batch 32, 224 px, on a GPU.
 
-Cases, all timed in turn (30 rounds after 3 warm-up steps each; median; each step ends with a CUDA
-synchronise), fp32 and bf16 autocast:
+Cases, all timed in turn (``bench_step.measure_interleaved``: 30 rounds after 3 warm-up steps
+and one memory step each; median; each step ends with a CUDA synchronise), fp32 and bf16 autocast:
 
 - "rgb alone": ``timm`` ViT-B/16 + linear to 512 (as ``bench_step.py``);
 - "tpsnet": ``TPSNet(PhasePriorBackbone(vit, phase_model="resnet18"))`` (as ``bench_step.py``);
@@ -25,7 +25,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_step import make_step, rgb_alone, tpsnet  # noqa: E402
+from bench_step import make_step, measure_interleaved, rgb_alone, tpsnet  # noqa: E402
 
 if not torch.cuda.is_available():
     sys.exit("bench_phase_graph.py needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -84,15 +84,7 @@ def main() -> None:
             "tpsnet graphed phase": (graphed(amp), domains),
         }
         steps = {case: make_step(model, images, doms, amp) for case, (model, doms) in cases.items()}
-        for step in steps.values():
-            for _ in range(3):
-                step()
-        times = {case: [] for case in steps}
-        for _ in range(30):
-            for case, step in steps.items():
-                begin = time.perf_counter()
-                step()
-                times[case].append(time.perf_counter() - begin)
+        times = {case: m["times_s"] for case, m in measure_interleaved(steps, 30, 3, cuda=True).items()}
         base = statistics.median(times["rgb alone"])
         print(f"amp={amp} ({time.time() - start:.0f} s): " + ", ".join(
             f"{case} {1000 * statistics.median(t):.1f} ms ({100 * (statistics.median(t) / base - 1):+.1f}%)"

@@ -2,16 +2,15 @@
 
 Batch 32; input channels 1 (the phase-only image), 3 or 8, 224 or 112 px, NCHW or channels-last,
 fp32 and bf16 autocast; median of 20 steps after 3 warm-up steps, each ending with a CUDA
-synchronise; plus a torch.profiler table of one step (1 channel, 224 px) by self CUDA time.
+synchronise (``bench_step.make_step`` and ``measure_interleaved``); plus a torch.profiler table of
+one step (1 channel, 224 px) by self CUDA time.
 Compare "Self CPU time total" with "Self CUDA time total": when the host needs longer to launch the
 kernels than the GPU needs to run them, the step is launch-bound and shrinking the input does not
 help. Needs a CUDA GPU. Run: ``python benchmarks/profile_phase_net.py``.
 Output of the run quoted in the README: ``benchmarks/results/profile_phase_net_h200.txt``.
 """
 
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,31 +19,13 @@ from torch.profiler import ProfilerActivity, profile
 if not torch.cuda.is_available():
     sys.exit("profile_phase_net.py needs a CUDA GPU (torch.cuda.is_available() is False)")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tpsnet_plugin  # noqa: E402,F401  (its torchvision fix must run before timm is imported)
 import timm  # noqa: E402
+from bench_step import make_step, measure_interleaved  # noqa: E402
 
 torch.backends.cudnn.benchmark = True
 dev = "cuda"
-
-
-def bench(model: torch.nn.Module, x: torch.Tensor, amp: bool, n: int = 20):
-    """Median ms of ``n`` steps after 3 warm-up steps, and the step function."""
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
-        out.float().pow(2).mean().backward()
-        torch.cuda.synchronize()
-
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(n):
-        begin = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times) * 1000, step
 
 
 def main() -> None:
@@ -55,7 +36,8 @@ def main() -> None:
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
                 x = x.contiguous(memory_format=torch.channels_last)
-            ms, step = bench(model, x, amp)
+            step = make_step(model, x, None, amp)
+            ms = 1000 * measure_interleaved({"phase net": step}, 20, 3, cuda=True)["phase net"]["median_s"]
             print(f"amp={amp} in_chans={chans} size={size} channels_last={channels_last}: {ms:.2f} ms", flush=True)
             if chans == 1 and size == 224 and not channels_last:
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
