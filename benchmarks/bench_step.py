@@ -8,8 +8,7 @@ One step = zero_grad + forward + backward of a mean-squared dummy loss on the em
   random text features T (D = 2, C = 65, e = 512) and domain ids.
 Variants (local monkeypatches, the package is unchanged): "phase@1/2" runs the phase network on
 the phase-only image average-pooled to half resolution; "channels_last" converts both models and
-inputs to channels-last; on CUDA, "phase_stream" runs the phase branch on a side stream
-(``PhasePriorBackbone(phase_stream=True)``). Overhead % = TPSNet / RGB alone - 1, both timed in
+inputs to channels-last. Overhead % = TPSNet / RGB alone - 1, both timed in
 this process: the cases of one RGB model are timed in turn (one step each per round), so a change of
 clock speed or load hits them alike.
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_step.py [--quick] [--out FILE]``.
@@ -64,10 +63,9 @@ def rgb_alone(name: str, img_size: int) -> nn.Module:
     return nn.Sequential(model, nn.Linear(model.num_features, EMBED))
 
 
-def tpsnet(name: str, img_size: int, phase_model: str, half_phase: bool = False, phase_stream: bool = False) -> TPSNet:
+def tpsnet(name: str, img_size: int, phase_model: str, half_phase: bool = False) -> TPSNet:
     kwargs = {"img_size": img_size} if "vit" in name else {}
-    backbone = PhasePriorBackbone(name, phase_model=phase_model, embed_dim=EMBED, rgb_kwargs=kwargs,
-                                  phase_stream=phase_stream)
+    backbone = PhasePriorBackbone(name, phase_model=phase_model, embed_dim=EMBED, rgb_kwargs=kwargs)
     if half_phase:
         backbone.phase_model = HalfResolution(backbone.phase_model)
     text = F.normalize(torch.randn(NUM_DOMAINS, NUM_CLUSTERS, EMBED), dim=-1)
@@ -191,8 +189,6 @@ def main() -> None:
             "variant: RGB alone channels_last": (rgb_alone(name, size), None, True),
             "variant: TPSNet channels_last": (tpsnet(name, size, phase_model), domains, True),
         }
-        if cuda:
-            cases["variant: TPSNet phase_stream"] = (tpsnet(name, size, phase_model, phase_stream=True), domains, False)
         if args.quick or "vit" in name:
             # channels-last only changes convolutions: for the ViT, time it on TPSNet only
             cases = {k: v for k, v in cases.items() if not k.startswith("variant: RGB")}

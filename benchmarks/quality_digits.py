@@ -9,7 +9,7 @@ Variants (all through the same trainer, switched by config keys):
 - ``instance_only``: instance-contrastive training only (no clustering losses: alpha = beta = 0, no priors);
 - ``no_priors``: clustering + prototypes (+ instance loss), no text and no phase prior;
 - ``phase``: + phase prior;  ``text``: + text prior;  ``full``: TPSNet (both priors);
-- ``full_i2tce``: TPSNet with L_i2tce switched on (``stage2.beta=1``; the Digits configs set 0
+- ``full_i2tce``: TPSNet with L_i2tce switched on (``synergy.loss_weights.image_text=1``; the Digits configs set 0
   because the random CLIP's per-domain prompts give unrelated targets).
 
 ``--jobs N`` trains N runs at once in worker processes (``--threads`` torch threads each): on a
@@ -43,12 +43,12 @@ from tpsnet_plugin.evaluation import mean_metrics  # noqa: E402
 from tpsnet_plugin.training import TPSNetTrainer, load_config  # noqa: E402
 
 VARIANTS = {
-    "instance_only": ["model.text_prior=false", "model.phase_prior=false", "stage2.alpha=0", "cluster.recluster_every=0"],
+    "instance_only": ["model.text_prior=false", "model.phase_prior=false", "synergy.loss_weights.prototype=0", "cluster.recluster_every=0"],
     "no_priors": ["model.text_prior=false", "model.phase_prior=false"],
     "phase": ["model.text_prior=false"],
     "text": ["model.phase_prior=false"],
     "full": [],
-    "full_i2tce": ["stage2.beta=1"],
+    "full_i2tce": ["synergy.loss_weights.image_text=1"],
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

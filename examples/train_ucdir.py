@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-dir", help="where checkpoints, metrics and plots go")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any config key (repeatable), e.g. --set stage2.epochs=20")
+                        help="override any config key (repeatable), e.g. --set synergy.epochs=20")
     return parser.parse_args(argv)
 
 

@@ -59,7 +59,7 @@ def test_quick_run_writes_json(name, tmp_path):
 def test_quality_digits_runs_variants_in_worker_processes(tmp_path):
     # Tiny runs (60 images per domain, one epoch per stage), two at once through --jobs.
     tiny = ["data.subset_per_domain=60", "warmup.epochs=1",
-            "warmup.batch_size=32", "stage1.epochs=1", "stage2.epochs=1", "stage2.batch_size=40",
+            "warmup.batch_size=32", "prompts.epochs=1", "synergy.epochs=1", "synergy.batch_size=40",
             "cluster.nredo=1", "eval.map_at_all=false"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(ROOT / "benchmarks" / "quality_digits.py"), "--config", "configs/digits.yaml",
@@ -105,7 +105,7 @@ def test_confusions_digits_matches_the_runs_evaluation(tmp_path):
     from tpsnet_plugin.training import TPSNetTrainer, load_config
 
     tiny = ["data.subset_per_domain=60", "data.image_size=16", "warmup.epochs=1", "warmup.batch_size=32",
-            "stage1.epochs=1", "stage2.epochs=1", "stage2.batch_size=40", "cluster.nredo=1",
+            "prompts.epochs=1", "synergy.epochs=1", "synergy.batch_size=40", "cluster.nredo=1",
             "eval.plots=false", "accelerate.log_with=none",
             "model.phase_kwargs={widths: [8, 8, 16, 16]}", "model.rgb_kwargs={widths: [8, 16, 16, 32]}"]
     summary = TPSNetTrainer(load_config(ROOT / "configs" / "digits.yaml", tiny, output_dir=str(tmp_path / "run"))).fit()

@@ -9,7 +9,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 
 def test_defaults_have_every_section():
     config = default_config()
-    assert {"data", "model", "warmup", "cluster", "stage1", "stage2", "augment", "eval", "accelerate"} <= set(config)
+    assert {"data", "model", "warmup", "cluster", "prompts", "synergy", "augment", "eval", "accelerate"} <= set(config)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -19,16 +19,16 @@ def test_shipped_configs_only_use_known_keys(path):
 
 
 def test_override_parses_yaml_values_and_coerces_floats():
-    config = load_config(overrides=["stage2.lr_head=5e-4", "eval.ks=[50, 100]", "model.text_prior=false"])
-    assert config["stage2"]["lr_head"] == pytest.approx(5e-4)
+    config = load_config(overrides=["synergy.lr_head=5e-4", "eval.ks=[50, 100]", "model.text_prior=false"])
+    assert config["synergy"]["lr_head"] == pytest.approx(5e-4)
     assert config["eval"]["ks"] == [50, 100]
     assert config["model"]["text_prior"] is False
     assert parse_override("a.b.c=1") == {"a": {"b": {"c": 1}}}
 
 
 def test_unknown_key_lists_close_matches():
-    with pytest.raises(KeyError, match="stage2.lr_head"):
-        load_config(overrides=["stage2.lrhead=1"])
+    with pytest.raises(KeyError, match="synergy.lr_head"):
+        load_config(overrides=["synergy.lrhead=1"])
 
 
 def test_missing_config_file(tmp_path):
@@ -38,7 +38,7 @@ def test_missing_config_file(tmp_path):
 
 def test_bad_value_type():
     with pytest.raises(TypeError, match="expects a number"):
-        load_config(overrides=["stage2.alpha=abc"])
+        load_config(overrides=["synergy.loss_weights.prototype=abc"])
 
 
 def test_free_form_mapping_options_accept_any_keys():

@@ -24,10 +24,10 @@ TINY = [
     "warmup.batch_size=64",
     "cluster.nredo=1",
     "cluster.niter=5",
-    "stage1.epochs=2",
-    "stage1.repair_every=1",
-    "stage2.epochs=3",
-    "stage2.batch_size=32",
+    "prompts.epochs=2",
+    "prompts.repair_every=1",
+    "synergy.epochs=3",
+    "synergy.batch_size=32",
     "eval.every=1",
     "eval.batch_size=40",
     "eval.plots=false",
@@ -75,7 +75,7 @@ def test_fit_writes_summary_metrics_and_model(tmp_path):
 
 @pytest.mark.parametrize("switch", ["model.text_prior=false", "model.phase_prior=false"])
 def test_ablation_switches_run(tmp_path, switch):
-    trainer = TPSNetTrainer(tiny_config(tmp_path, switch, "stage2.epochs=1", "warmup.epochs=0"))
+    trainer = TPSNetTrainer(tiny_config(tmp_path, switch, "synergy.epochs=1", "warmup.epochs=0"))
     summary = trainer.fit()
     if switch.startswith("model.text_prior"):
         assert trainer.prompt_learner is None and trainer.model.text_features is None
@@ -94,7 +94,7 @@ def test_nan_loss_stops_with_stage_epoch_term_and_keeps_checkpoint(tmp_path, mon
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
-    extra = ("stage2.epochs=4", "stage2.checkpoint_every=1")
+    extra = ("synergy.epochs=4", "synergy.checkpoint_every=1")
     reference = run_cli(tmp_path / "reference", *extra)
     reference_out = reference.communicate(timeout=600)[0]
     assert reference.returncode == 0, reference_out[-3000:]
@@ -133,7 +133,7 @@ def test_two_processes_gather_each_image_once_and_match_one_process_evaluation(t
     launcher = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                 "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no")
     # 2 x 97 images over 2 processes with eval batches of 40: the last batches are padded.
-    extra = ("data.subset_per_domain=97", "stage2.epochs=2", "stage2.delta=0.5")
+    extra = ("data.subset_per_domain=97", "synergy.epochs=2", "synergy.loss_weights.miner=0.5")
     process = run_cli(tmp_path, *extra, launcher=launcher)
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 0, output[-3000:]

@@ -100,7 +100,7 @@ def _num_features(model: nn.Module, argument: str) -> int:
 
 
 class PhasePriorBackbone(nn.Module):
-    """RGB encoder + phase-prior encoder, fused into one embedding by self-attention (DESIGN §2.3-2.4).
+    """RGB encoder + phase-prior encoder, fused into one embedding by self-attention.
 
     ``I_rgb = Linear(rgb_model(normalise(x)))``, ``I_pha = Linear(phase_model(normalise(phase_only(x))))``,
     ``Z = LayerNorm([I_rgb; I_pha])`` (B×T×e), ``Z' = Z + MHSA(Z)``, ``I_f = mean_t Z'``.
@@ -133,11 +133,6 @@ class PhasePriorBackbone(nn.Module):
         phase_kwargs: Extra ``timm.create_model`` arguments for the phase model (e.g. ``img_size``,
             ``checkpoint_path``).
         fusion: Apply the self-attention fusion; False keeps Z' = Z (the "no fusion" ablation).
-        phase_stream: On CUDA, run the phase branch on a side stream so that its kernels can
-            overlap with the RGB network's (same result; no effect on other devices). Measured on
-            one H200 (``benchmarks/bench_step.py``) it did not help: the phase branch is bound by
-            kernel launches, which a stream does not remove (ViT-B overhead +18.2% vs +19.8%
-            fp32, +77.8% vs +62.5% bf16). Off by default.
     """
 
     def __init__(
@@ -157,7 +152,6 @@ class PhasePriorBackbone(nn.Module):
         rgb_kwargs: dict[str, Any] | None = None,
         phase_kwargs: dict[str, Any] | None = None,
         fusion: bool = True,
-        phase_stream: bool = False,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
@@ -208,7 +202,6 @@ class PhasePriorBackbone(nn.Module):
 
         self.embed_dim = self.num_features = embed_dim
         self.norm = nn.LayerNorm(embed_dim)
-        self.phase_stream = phase_stream
         self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True) if fusion else None
         if self.attn is not None:
             # Start the residual fusion as the identity (ReZero-style): a randomly initialised
@@ -235,21 +228,8 @@ class PhasePriorBackbone(nn.Module):
             ``tokens`` (Z', B×T×e) and ``fused`` (I_f, B×e).
         """
         self._check_images(x)
-        phase = None
-        if self.phase_model is not None and self.phase_stream and x.is_cuda:
-            # Launched first on a side stream, the phase branch runs beside the RGB network.
-            main, side = torch.cuda.current_stream(x.device), torch.cuda.Stream(x.device)
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                phase = self._phase_branch(x)
-            x.record_stream(side)
-            rgb = self._rgb_branch(x)
-            main.wait_stream(side)
-            phase.record_stream(main)
-        else:
-            rgb = self._rgb_branch(x)
-            if self.phase_model is not None:
-                phase = self._phase_branch(x)
+        rgb = self._rgb_branch(x)
+        phase = self._phase_branch(x) if self.phase_model is not None else None
         tokens = [rgb] if phase is None else [rgb, phase]
         z = self.norm(torch.stack(tokens, dim=1))
         if self.attn is not None:

@@ -1,13 +1,35 @@
+"""Training: the Accelerate trainer, its stages and hooks, config loading and checkpoints."""
+
 from .augment import BatchAugment
 from .config import default_config, load_config, merge_config
-from .trainer import NonFiniteLossError, TPSNetTrainer, build_dataset, build_model
+from .data import build_dataset
+from .hooks import CheckpointHook, EndOfEpochHook, EvaluationHook, LoggingHook, ReclusterHook
+from .setup import LossTable, build_accelerator, build_losses, build_optimizer
+from .stages import ClusteringStage, PromptStage, Stage, SynergyStage, WarmupStage
+from .state import TrainingState
+from .trainer import NonFiniteLossError, StageModel, TPSNetTrainer
 
 __all__ = [
     "BatchAugment",
+    "CheckpointHook",
+    "ClusteringStage",
+    "EndOfEpochHook",
+    "EvaluationHook",
+    "LoggingHook",
+    "LossTable",
     "NonFiniteLossError",
+    "PromptStage",
+    "ReclusterHook",
+    "Stage",
+    "StageModel",
+    "SynergyStage",
     "TPSNetTrainer",
+    "TrainingState",
+    "WarmupStage",
+    "build_accelerator",
     "build_dataset",
-    "build_model",
+    "build_losses",
+    "build_optimizer",
     "default_config",
     "load_config",
     "merge_config",

@@ -1,9 +1,11 @@
 """Atomic, resumable checkpoints around ``Accelerator.save_state``.
 
-Each checkpoint is written to a hidden temporary folder and renamed into place only when complete,
-then a ``latest`` pointer file is replaced atomically, so a run killed at any moment leaves the
-previous checkpoint intact. Loading uses ``weights_only=True`` (safetensors for the model), so a
-checkpoint folder never unpickles arbitrary objects.
+Everything resumable is registered with the accelerator (model, optimizer, RNG states, and with
+``register_for_checkpointing`` the training state, prototypes, clusterer and prompts), so one
+``save_state`` writes it all. Each checkpoint is written to a hidden temporary folder and renamed
+into place only when complete, then a ``latest`` pointer file is replaced atomically: a run killed
+at any moment leaves the previous checkpoint intact. Before ``load_state``, every registered-object
+file is loaded once with ``weights_only=True``, so a checkpoint never unpickles arbitrary objects.
 """
 
 from __future__ import annotations
@@ -17,33 +19,21 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-TRAINER_STATE = "trainer_state.pt"
-HISTORY = "history.json"
+from ..utils.io import atomic_write_text
+
+META = "checkpoint.json"
 LATEST = "latest"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(
-    accelerator: Accelerator,
-    root: Path,
-    tag: str,
-    trainer_state: dict[str, Any],
-    history: list[dict[str, Any]],
-    keep: int = 2,
-) -> Path:
-    """Save model, optimizer and RNG states (Accelerate) plus the trainer's own state under ``root/tag``.
+def save_checkpoint(accelerator: Accelerator, root: Path, tag: str, meta: dict[str, Any], keep: int = 2) -> Path:
+    """Save every registered state under ``root/tag`` (atomic), then point ``latest`` at it.
 
     Args:
         accelerator: The run's accelerator; every process must call this.
         root: Folder holding all checkpoints of a run.
-        tag: Checkpoint name, e.g. ``"stage2-epoch003"``.
-        trainer_state: Tensors and plain Python values only (loaded back with ``weights_only=True``).
-        history: The metrics records so far (JSON-serialisable).
+        tag: Checkpoint name, e.g. ``"synergy-epoch003"``.
+        meta: JSON-serialisable facts about the checkpoint (stage, epoch), written last as the
+            marker of a complete checkpoint.
         keep: How many most recent checkpoints to keep.
 
     Returns:
@@ -58,8 +48,7 @@ def save_checkpoint(
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-        (tmp / HISTORY).write_text(json.dumps(history))
+        (tmp / META).write_text(json.dumps(meta))
         if final.exists():
             old = root / f".old-{tag}"
             shutil.rmtree(old, ignore_errors=True)
@@ -68,7 +57,7 @@ def save_checkpoint(
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
-        _write_atomic(root / LATEST, tag)
+        atomic_write_text(root / LATEST, tag)
         ordered = sorted(
             (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
             key=lambda p: p.stat().st_mtime,
@@ -81,17 +70,24 @@ def save_checkpoint(
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """Return the newest complete checkpoint folder under ``root``, or None."""
+    """Return the checkpoint folder ``root/latest`` names when it is complete, else None."""
     pointer = Path(root) / LATEST
     if not pointer.is_file():
         return None
     folder = Path(root) / pointer.read_text().strip()
-    return folder if (folder / TRAINER_STATE).is_file() else None
+    return folder if (folder / META).is_file() else None
 
 
-def load_checkpoint(accelerator: Accelerator, folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Restore Accelerate's states from ``folder``; return ``(trainer_state, history)``."""
+def load_checkpoint(accelerator: Accelerator, folder: Path) -> dict[str, Any]:
+    """Restore every registered state from ``folder``; returns the checkpoint's meta dict."""
+    folder = Path(folder)
+    for path in sorted(folder.glob("custom_checkpoint_*.pkl")):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise RuntimeError(
+                f"{path} is not a plain tensor checkpoint (refusing to unpickle it): {error}. "
+                "Resume from a checkpoint this package wrote, or start a new run."
+            ) from error
     accelerator.load_state(str(folder))
-    trainer_state = torch.load(Path(folder) / TRAINER_STATE, map_location="cpu", weights_only=True)
-    history = json.loads((Path(folder) / HISTORY).read_text())
-    return trainer_state, history
+    return json.loads((folder / META).read_text())

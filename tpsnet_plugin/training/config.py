@@ -1,18 +1,36 @@
 """Trainer configuration: packaged defaults, YAML files and ``section.key=value`` overrides.
 
 The defaults live in ``default_config.yaml`` beside this module (every option, commented), so a
-config file only states what differs. Unknown keys are rejected with the list of valid ones.
+config file only states what differs. Unknown keys are rejected with the list of valid ones; keys
+renamed in this release are still accepted, with a ``FutureWarning`` naming the new key.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
+
+
+# Old key -> new key; accepted for one release (0.2) with a FutureWarning.
+RENAMED_KEYS = {
+    "stage1": "prompts",
+    "stage2": "synergy",
+    "stage2.alpha": "synergy.loss_weights.prototype",
+    "stage2.beta": "synergy.loss_weights.image_text",
+    "stage2.gamma": "synergy.loss_weights.instance",
+    "stage2.delta": "synergy.loss_weights.miner",
+}
+# Removed key -> why; accepted and ignored for one release with a FutureWarning.
+REMOVED_KEYS = {
+    "model.phase_stream": "a side CUDA stream did not make the phase branch faster",
+    "cluster.freeze_after": "no recipe used it",
+}
 
 
 def default_config() -> dict[str, Any]:
@@ -41,8 +59,76 @@ def _unknown_key_error(path: str, valid: Iterable[str]) -> KeyError:
     return KeyError(f"Unknown config key '{path}'.{hint} Valid keys: {', '.join(valid)}")
 
 
+def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Rewrite keys renamed or removed in this release to today's names, warning once per key.
+
+    Args:
+        config: A nested (partial) config as read from YAML or ``--set``.
+
+    Returns:
+        A new nested dict that uses only current key names.
+    """
+    upgraded: dict[str, Any] = {}
+    for path, value in _flat_items(config):
+        if path in REMOVED_KEYS:
+            warnings.warn(
+                f"Config key '{path}' was removed ({REMOVED_KEYS[path]}) and is ignored; delete it from your "
+                "config. It will be an error in the next release.",
+                FutureWarning,
+                stacklevel=3,
+            )
+            continue
+        new = _renamed(path)
+        if new != path:
+            warnings.warn(
+                f"Config key '{path}' is deprecated: use '{new}'. The old name will stop working in the next release.",
+                FutureWarning,
+                stacklevel=3,
+            )
+        _set_path(upgraded, new, value)
+    return upgraded
+
+
+def _renamed(path: str) -> str:
+    # The longest renamed prefix wins: "stage2.alpha" before "stage2".
+    for old in sorted(RENAMED_KEYS, key=len, reverse=True):
+        if path == old or path.startswith(old + "."):
+            return RENAMED_KEYS[old] + path[len(old):]
+    return path
+
+
+def _flat_items(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    # A non-empty mapping is descended into; an empty one (e.g. rgb_kwargs: {}) is a value.
+    items = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and not _is_free_form(path):
+            items.extend(_flat_items(value, path + "."))
+        else:
+            items.append((path, value))
+    return items
+
+
+def _is_free_form(path: str) -> bool:
+    # Options whose value is a mapping of arbitrary keys (timm kwargs): never renamed inside.
+    return path.endswith("_kwargs")
+
+
+def _set_path(nested: dict[str, Any], path: str, value: Any) -> None:
+    node = nested
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
 def merge_config(base: dict[str, Any], override: Mapping[str, Any], _prefix: str = "") -> dict[str, Any]:
-    """Recursively merge ``override`` into a copy of ``base``, rejecting keys ``base`` lacks."""
+    """Recursively merge ``override`` into a copy of ``base``, rejecting keys ``base`` lacks.
+
+    Renamed keys in ``override`` are translated first (see :func:`upgrade_config`).
+    """
+    if not _prefix:
+        override = upgrade_config(override or {})
     merged = copy.deepcopy(base)
     for key, value in (override or {}).items():
         path = f"{_prefix}{key}"
@@ -74,11 +160,7 @@ def parse_override(assignment: str) -> dict[str, Any]:
     path, raw = assignment.split("=", 1)
     value = yaml.safe_load(raw) if raw.strip() else None
     nested: dict[str, Any] = {}
-    node = nested
-    parts = path.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
+    _set_path(nested, path.strip(), value)
     return nested
 
 

@@ -1,0 +1,57 @@
+"""One entry point that builds a TPSNet from the ``model`` section of a config.
+
+Architectures are data (the config), as in open_clip's ``create_model``: the trainer, ``retrieve``
+and the benchmarks all build their networks here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from ..backbones import PhasePriorBackbone
+from .tpsnet import TPSNet
+
+
+def create_tpsnet(
+    model_config: Mapping[str, Any],
+    embed_dim: int,
+    num_domains: int,
+    num_clusters: int,
+    *,
+    pretrained: bool | None = None,
+) -> TPSNet:
+    """Build the TPSNet a config's ``model`` section describes.
+
+    Args:
+        model_config: The ``model`` section of a resolved config (see ``default_config.yaml``).
+        embed_dim: Embedding width e (the CLIP text width when the text prior is on).
+        num_domains: Number of domains D.
+        num_clusters: Number of clusters C.
+        pretrained: Override every pretrained-weight option of the config; ``False`` builds the
+            architecture only (for loading trained weights afterwards). None keeps the config's.
+
+    Returns:
+        A TPSNet whose text features start as zeros (stage 1 sets them) when the text prior is on.
+    """
+    load_weights = pretrained is not False
+    backbone = PhasePriorBackbone(
+        model_config["rgb_backbone"],
+        phase_model=model_config["phase_backbone"] if model_config["phase_prior"] else None,
+        embed_dim=embed_dim,
+        pretrained=bool(model_config["pretrained"]) and load_weights,
+        checkpoint_path=model_config["checkpoint_path"] if load_weights else None,
+        phase_pretrained=bool(model_config["phase_pretrained"]) and load_weights,
+        phase_amplitude=model_config["phase_amplitude"],
+        num_heads=model_config["num_heads"],
+        rgb_kwargs=dict(model_config["rgb_kwargs"]),
+        phase_kwargs=dict(model_config["phase_kwargs"]),
+    )
+    text_features = torch.zeros(num_domains, num_clusters, embed_dim) if model_config["text_prior"] else None
+    return TPSNet(
+        backbone,
+        text_features,
+        num_heads=model_config["num_heads"],
+        weight_temperature=model_config["weight_temperature"],
+    )

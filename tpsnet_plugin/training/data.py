@@ -1,0 +1,82 @@
+"""The training data: the dataset a config describes, its image cache and its label-free views."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from ..data import DigitsDomain, DomainSubset, MultiDomainDataset, build_folder_domains
+
+
+def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainDataset:
+    """Build the multi-domain dataset a config's ``data`` section describes."""
+    domains = list(data_config["domains"])
+    if len(domains) < 2:
+        raise ValueError(f"UCDIR needs at least two domains, got {domains}. Pass e.g. --domains A B")
+    size = int(data_config["image_size"])
+    if data_config["dataset"] == "digits":
+        dataset = MultiDomainDataset([DigitsDomain(d, image_size=size) for d in domains], domain_names=domains)
+    elif data_config["dataset"] == "folder":
+        if not data_config["root"]:
+            raise ValueError("data.dataset=folder needs a root folder: pass --data-root DIR")
+        dataset = build_folder_domains(
+            data_config["root"],
+            domains,
+            layout=data_config["layout"],
+            classes=data_config["classes"],
+            class_policy=data_config["class_policy"],
+            image_size=size,
+            on_error=data_config["on_error"],
+            list_files=data_config["list_files"],
+        )
+    else:
+        raise ValueError(f"Unknown data.dataset {data_config['dataset']!r}: use 'digits' or 'folder'")
+    if data_config["subset_per_domain"]:
+        parts = [DomainSubset(part, int(data_config["subset_per_domain"]), seed=seed) for part in dataset.datasets]
+        dataset = MultiDomainDataset(parts, domain_names=dataset.domain_names)
+    return dataset
+
+
+def cache_images(dataset: Dataset, num_workers: int = 0, show_progress: bool = True) -> torch.Tensor:
+    """Decode every image once into a uint8 tensor (N×3×S×S), in dataset order."""
+    loader = DataLoader(dataset, batch_size=256, num_workers=num_workers)
+    chunks = [
+        images.mul(255).round_().to(torch.uint8)
+        for images, *_ in tqdm(loader, desc="caching images", disable=not show_progress)
+    ]
+    return torch.cat(chunks)
+
+
+def unlabelled_view(dataset: MultiDomainDataset, images: torch.Tensor | None, domains: torch.Tensor) -> Dataset:
+    """The dataset as training sees it: items ``(image, domain, index)``, no true label.
+
+    Args:
+        dataset: The multi-domain dataset.
+        images: Its decoded uint8 images (:func:`cache_images`), or None to decode on the fly.
+        domains: Domain id per image.
+    """
+    if images is not None:
+        return TensorDataset(images, domains, torch.arange(len(dataset)))
+    return _NoLabelView(dataset)
+
+
+def images_as_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float in [0, 1]; float images unchanged (as float32)."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+
+
+class _NoLabelView(Dataset):
+    """A MultiDomainDataset seen without its true labels: items are (image, domain, index)."""
+
+    def __init__(self, dataset: MultiDomainDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, _, domain, index = self.dataset[index]
+        return image, domain, index

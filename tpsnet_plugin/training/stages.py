@@ -1,0 +1,266 @@
+"""The stages of TPSNet training, each an object with one contract: ``run(trainer)``.
+
+A stage continues from ``trainer.state.epoch`` (0 on a fresh start, later after ``--resume``) and
+returns when it is complete; the trainer then advances ``trainer.state`` to the next stage and
+checkpoints. Stages hold their own options; the trainer holds what they share (model, optimizer,
+data, pseudo-labels, accelerator).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import broadcast
+from torch.utils.data import DataLoader
+
+from ..losses import InstanceContrastiveLoss, PromptContrastiveLoss
+from ..samplers import PseudoLabelSampler
+from ..text_prior import relabel_with_prompts
+from ..utils import encode_domain_labels
+from .hooks import EndOfEpochHook
+
+
+class Stage:
+    """Base class of a training stage.
+
+    Attributes:
+        name: The stage's name in checkpoints, logs and ``metrics.jsonl``.
+        epochs: Number of epochs (0 for stages without epochs).
+    """
+
+    name = "stage"
+    epochs = 0
+
+    def run(self, trainer: Any) -> None:
+        raise NotImplementedError
+
+
+class WarmupStage(Stage):
+    """Instance-contrastive warm-up of the backbone (two augmented views, NT-Xent).
+
+    For backbones without pretrained weights: clusters of random features mean nothing.
+
+    Args:
+        epochs: Number of epochs; 0 skips the stage.
+        batch_size: Images per batch (per process); the last incomplete batch is dropped.
+        lr: Learning rate of every parameter group during the warm-up.
+        temperature: NT-Xent temperature.
+        within_domain: Take negatives from the anchor's own domain only.
+    """
+
+    name = "warmup"
+
+    def __init__(self, epochs: int, batch_size: int, lr: float, temperature: float, within_domain: bool) -> None:
+        self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
+        self.loss_fn = InstanceContrastiveLoss(temperature=temperature, within_domain=within_domain)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> WarmupStage:
+        return cls(**config)
+
+    def run(self, trainer) -> None:
+        if trainer.state.epoch >= self.epochs:
+            return
+        trainer.set_learning_rates(self.lr)
+        acc = trainer.accelerator
+        while trainer.state.epoch < self.epochs:
+            loader = trainer.shuffled_loader(self.batch_size, seed=trainer.state.epoch)
+            if len(loader) == 0:
+                raise ValueError(
+                    f"warmup.batch_size={self.batch_size} leaves no full batch for {len(trainer.dataset)} images on "
+                    f"{acc.num_processes} process(es): lower warmup.batch_size"
+                )
+            for step, (images, domains, _) in enumerate(trainer.progress(loader, f"warm-up {trainer.state.epoch + 1}")):
+                with acc.accumulate(trainer.stage_model):
+                    v1, v2 = trainer.views(images)
+                    domains = domains.to(trainer.device)
+                    with acc.autocast():
+                        e1 = trainer.stage_model(v1, domains, synergy=False)["embedding"]
+                        e2 = trainer.stage_model(v2, domains, synergy=False)["embedding"]
+                    loss = self.loss_fn(e1.float(), domains, ref_emb=e2.float())
+                    trainer.check_finite({"instance": loss}, step)
+                    acc.backward(loss)
+                    trainer.optimizer.step()
+                    trainer.optimizer.zero_grad()
+            trainer.state.epoch += 1
+            acc.log({"warmup/instance": loss.item()}, step=trainer.state.epoch)
+        trainer.set_learning_rates()
+
+
+class ClusteringStage(Stage):
+    """Embed every image with the backbone's fused feature, cluster per domain, align the ids."""
+
+    name = "cluster"
+
+    def run(self, trainer) -> None:
+        trainer.cluster(trainer.embed(synergy=False))
+
+
+class PromptStage(Stage):
+    """Stage 1: learn the domain prompts with CLIP frozen, re-pairing labels with them.
+
+    CLIP's image features are computed once (the encoder is frozen), so an epoch costs only the
+    text transformer. Ends by freezing the prompt features into the model.
+
+    Args:
+        epochs: Number of epochs over the images.
+        batch_size: Images per batch.
+        lr: Adam learning rate of the context vectors.
+        repair_every: Epochs between label re-pairings with the prompts; 0 = never.
+        repair_threshold: Softmax confidence needed to re-pair a label.
+    """
+
+    name = "prompts"
+
+    def __init__(self, epochs: int, batch_size: int, lr: float, repair_every: int, repair_threshold: float) -> None:
+        self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
+        self.repair_every, self.repair_threshold = int(repair_every), float(repair_threshold)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PromptStage:
+        return cls(**config)
+
+    def run(self, trainer) -> None:
+        learner, device = trainer.prompt_learner, trainer.device
+        clip_features = F.normalize(trainer.embed(encoder=learner.encode_images, desc="CLIP features"), dim=-1).to(device)
+        domains = trainer.domains.to(device)
+        labels = trainer.state.labels.to(device)
+        loss_fn = PromptContrastiveLoss(logit_scale=learner.logit_scale)
+        optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=self.lr)
+        generator = torch.Generator().manual_seed(int(trainer.config["seed"]))
+        for epoch in trainer.progress(range(self.epochs), "stage 1 (prompts)"):
+            combined = encode_domain_labels(domains, labels, trainer.num_clusters)
+            self.train_epoch(learner, loss_fn, optimizer, clip_features, combined, generator, trainer.check_finite)
+            if self.repair_every and (epoch + 1) % self.repair_every == 0:
+                with torch.no_grad():
+                    repaired = relabel_with_prompts(
+                        clip_features, F.normalize(learner().float(), dim=-1), domains, labels,
+                        learner.logit_scale, self.repair_threshold,
+                    )
+                trainer.accelerator.print(f"stage 1: re-paired {(repaired != labels).sum().item()} labels")
+                labels = repaired
+        with torch.no_grad():
+            text_features = F.normalize(learner().float(), dim=-1)
+        # Stage 1 runs identically on every process; rank 0's result is authoritative.
+        trainer.model.set_text_features(broadcast(text_features.contiguous(), from_process=0))
+        trainer.state.labels = broadcast(labels, from_process=0).cpu()
+
+    def train_epoch(self, learner, loss_fn, optimizer, clip_features, combined, generator, check_finite=None) -> list[float]:
+        """One epoch of prompt learning over shuffled batches; returns the loss of each step.
+
+        Args:
+            learner: The ``DomainPromptLearner``.
+            loss_fn: ``PromptContrastiveLoss`` (images vs all D·C prompts, both directions).
+            optimizer: Optimizer of the learner's context vectors.
+            clip_features: Frozen, L2-normalised CLIP image features (N×e).
+            combined: Combined ``domain * C + cluster`` label per image.
+            generator: CPU generator of the shuffling.
+            check_finite: Optional ``f(terms, step)`` that raises on a non-finite loss.
+        """
+        all_prompts = torch.arange(learner.num_domains * learner.num_clusters, device=clip_features.device)
+        order = torch.randperm(len(combined), generator=generator).to(clip_features.device)
+        losses = []
+        for step, start in enumerate(range(0, len(order), self.batch_size)):
+            batch = order[start:start + self.batch_size]
+            text = learner().reshape(-1, learner.embed_dim)
+            loss = loss_fn(clip_features[batch], combined[batch], ref_emb=text, ref_labels=all_prompts)
+            if check_finite is not None:
+                check_finite({"prompt_contrastive": loss}, step)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return losses
+
+
+class SynergyStage(Stage):
+    """Stage 2: train TPSNet on the pseudo-labels with the loss table, running hooks after each epoch.
+
+    Batches come from ``PseudoLabelSampler`` (m images per cluster, balanced over domains); each
+    batch is seen as two augmented views.
+
+    Args:
+        epochs: Number of epochs.
+        batch_size: Images per batch (per process).
+        m_per_cluster: Images per cluster in a batch.
+        hooks: End-of-epoch hooks, run in order after every epoch.
+    """
+
+    name = "synergy"
+
+    def __init__(self, epochs: int, batch_size: int, m_per_cluster: int, hooks: Sequence[EndOfEpochHook] = ()) -> None:
+        self.epochs, self.batch_size, self.m_per_cluster = int(epochs), int(batch_size), int(m_per_cluster)
+        self.hooks = list(hooks)
+        self.epoch_losses: dict[str, float] = {}
+
+    def run(self, trainer) -> None:
+        state = trainer.state
+        if state.epoch == 0:
+            trainer.init_prototypes(trainer.embed())
+        trainer.set_text_features_of_losses()
+        sampler = self.sampler(trainer)
+        trainer.stage_model.train()
+        for loss in trainer.losses.loss_funcs.values():
+            loss.train()
+        while state.epoch < self.epochs:
+            self.epoch_losses = self.train_epoch(trainer, sampler)
+            state.epoch += 1
+            trainer.sync_prototypes()
+            for hook in self.hooks:
+                hook(trainer, self)
+
+    def sampler(self, trainer) -> PseudoLabelSampler:
+        """The batch sampler of this stage, sharded over the trainer's processes."""
+        return PseudoLabelSampler(
+            trainer.state.labels.numpy(), trainer.domains.numpy(), batch_size=self.batch_size, m=self.m_per_cluster,
+            seed=int(trainer.config["seed"]),
+            num_replicas=trainer.accelerator.num_processes, rank=trainer.accelerator.process_index,
+        )
+
+    def train_epoch(self, trainer, sampler: PseudoLabelSampler, max_steps: int | None = None) -> dict[str, float]:
+        """One epoch (or its first ``max_steps`` steps); returns the mean of each loss term."""
+        acc = trainer.accelerator
+        sampler.set_labels(trainer.state.labels.numpy())
+        sampler.set_epoch(trainer.state.epoch)
+        # The sampler shards by rank itself, so this loader does not go through accelerator.prepare.
+        loader = DataLoader(trainer.train_dataset(), batch_sampler=sampler, num_workers=trainer.num_workers)
+        totals: dict[str, float] = {}
+        steps = 0
+        for step, (images, domains, index) in enumerate(trainer.progress(loader, f"stage 2 epoch {trainer.state.epoch + 1}")):
+            if max_steps is not None and step == max_steps:
+                break
+            with acc.accumulate(trainer.stage_model):
+                terms = self.compute_losses(trainer, images, domains.to(trainer.device), index)
+                trainer.check_finite(terms, step)
+                acc.backward(trainer.losses.total(terms))
+                trainer.optimizer.step()
+                trainer.optimizer.zero_grad()
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value.item()
+            steps += 1
+        return {name: total / max(1, steps) for name, total in totals.items()}
+
+    def compute_losses(self, trainer, images, domains, index) -> dict[str, torch.Tensor]:
+        """Every loss term of one batch, keyed by name (unweighted)."""
+        funcs, miners = trainer.losses.loss_funcs, trainer.losses.mining_funcs
+        v1, v2 = trainer.views(images)
+        with trainer.accelerator.autocast():
+            e1 = trainer.stage_model(v1, domains)["embedding"].float()
+            e2 = trainer.stage_model(v2, domains)["embedding"].float()
+        clusters = trainer.state.labels[index].to(trainer.device)
+        keep = trainer.state.keep_mask[index].to(trainer.device).repeat(2)
+        both, both_clusters = torch.cat([e1, e2]), clusters.repeat(2)
+        terms = {}
+        if "prototype" in funcs:
+            terms["prototype"] = funcs["prototype"](both[keep], both_clusters[keep])
+        if "image_text" in funcs:
+            combined = encode_domain_labels(domains.repeat(2), both_clusters, trainer.num_clusters)
+            terms["image_text"] = funcs["image_text"](both[keep], combined[keep])
+        if "instance" in funcs:
+            terms["instance"] = funcs["instance"](e1, domains, ref_emb=e2)
+        if "miner" in funcs:
+            combined = encode_domain_labels(domains, clusters, trainer.num_clusters)
+            terms["miner"] = funcs["miner"](e1, combined, miners["miner"](e1, combined))
+        return terms
