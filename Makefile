@@ -26,4 +26,5 @@ demo: install
 		--dynamo_backend no --num_cpu_threads_per_process $(THREADS) examples/train_ucdir.py $(ARGS)
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

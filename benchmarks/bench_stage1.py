@@ -3,7 +3,7 @@
 Data: Digits handwritten-mnist + printed with the ``configs/digits.yaml`` settings (28 px,
 small_cnn RGB and phase networks, batch 128 with 4 per cluster, C = 10, D = 2).
 
-- stage 1, ``tpsnet-tiny-clip``: the loop of ``TPSNetTrainer._run_prompts`` (``DomainPromptLearner``
+- stage 1, ``tpsnet-tiny-clip``: ``PromptStage.train_epoch`` (``DomainPromptLearner``
   encodes all D*C prompts each step, ``PromptContrastiveLoss`` against a batch of 256 cached,
   normalised CLIP image features, Adam) over one epoch, features cached by the trainer;
 - stage 1, ``ViT-B-16`` with ``pretrained=None`` (random weights): the same loop with the
@@ -11,9 +11,9 @@ small_cnn RGB and phase networks, batch 128 with 4 per cluster, C = 10, D = 2).
   change the cost). One ViT-B-16 epoch takes minutes on 2 cores, so it is the median step time x
   steps per epoch (extrapolated, labelled so); the one-off cost of caching the ViT-B-16 image
   features is timed separately per image;
-- stage 2: one epoch of ``TPSNetTrainer``'s stage-2 loop (``PseudoLabelSampler`` batches, two
-  augmented views, ``_train_step`` losses, backward, Adam), without the end-of-epoch
-  re-clustering, evaluation and checkpoint.
+- stage 2: ``SynergyStage.train_epoch`` (``PseudoLabelSampler`` batches, two augmented views,
+  the loss table, backward, Adam), without the end-of-epoch hooks (re-clustering, evaluation,
+  checkpoint).
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_stage1.py [--quick] [--out FILE]``.
 """
 
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,55 +35,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tpsnet_plugin  # noqa: E402,F401
 from tpsnet_plugin.losses import PromptContrastiveLoss  # noqa: E402
-from tpsnet_plugin.samplers import PseudoLabelSampler  # noqa: E402
 from tpsnet_plugin.text_prior import TINY_CLIP_MODEL, DomainPromptLearner  # noqa: E402
-from tpsnet_plugin.training import TPSNetTrainer, load_config  # noqa: E402
+from tpsnet_plugin.training import PromptStage, SynergyStage, TPSNetTrainer, load_config  # noqa: E402
 from tpsnet_plugin.utils import encode_domain_labels  # noqa: E402
 
 from _common import PeakRSS, format_table, measure, parse_args, write_json  # noqa: E402
 
 
 def stage1_steps(learner, features, domains, labels, batch_size: int, lr: float,
-                 max_steps: int | None = None) -> list[float]:
-    """The ``_run_prompts`` loop over one epoch (or its first ``max_steps``); per-step seconds."""
+                 max_steps: int | None = None) -> tuple[list[float], float]:
+    """``PromptStage.train_epoch`` over one epoch (or its first ``max_steps``); (losses, seconds)."""
+    stage = PromptStage(epochs=1, batch_size=batch_size, lr=lr, repair_every=0, repair_threshold=1.0)
     loss_fn = PromptContrastiveLoss(logit_scale=learner.logit_scale)
     optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=lr)
-    all_prompts = torch.arange(learner.num_domains * learner.num_clusters)
     combined = encode_domain_labels(domains, labels, learner.num_clusters)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    times = []
-    for start in range(0, len(order), batch_size):
-        if max_steps is not None and len(times) == max_steps:
-            break
-        t0 = time.perf_counter()
-        batch = order[start:start + batch_size]
-        text = learner().reshape(-1, learner.embed_dim)
-        loss = loss_fn(features[batch], combined[batch], ref_emb=text, ref_labels=all_prompts)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - t0)
-    return times
+    t0 = time.perf_counter()
+    losses = stage.train_epoch(learner, loss_fn, optimizer, features, combined,
+                               torch.Generator().manual_seed(0), max_steps=max_steps)
+    return losses, time.perf_counter() - t0
 
 
-def stage2_epoch(trainer: TPSNetTrainer) -> int:
-    """One epoch of the ``_run_train`` inner loop (no re-clustering, evaluation or checkpoint)."""
-    cfg = trainer.config["stage2"]
-    sampler = PseudoLabelSampler(trainer.labels.numpy(), trainer.domains.numpy(),
-                                 batch_size=int(cfg["batch_size"]), m=int(cfg["m_per_cluster"]),
-                                 seed=0)
-    sampler.set_epoch(trainer.epoch)
-    loader = DataLoader(trainer._image_dataset(), batch_sampler=sampler)
-    trainer.stage_model.train()
-    steps = 0
-    for images, domains, index in loader:
-        terms = trainer._train_step(images, domains, index)
-        loss = sum(trainer._weight(name) * value for name, value in terms.items())
-        trainer.optimizer.zero_grad()
-        loss.backward()
-        trainer.optimizer.step()
-        steps += 1
-    return steps
+def stage2_epoch(trainer: TPSNetTrainer, stage: SynergyStage) -> int:
+    """``SynergyStage.train_epoch`` (no re-clustering, evaluation or checkpoint); returns the steps."""
+    sampler = stage.sampler(trainer)
+    stage.train_epoch(trainer, sampler)
+    return len(sampler)
 
 
 def main() -> None:
@@ -100,11 +75,11 @@ def main() -> None:
                              data={"subset_per_domain": subset},
                              accelerate={"log_with": "none"}, eval={"plots": False})
         trainer = TPSNetTrainer(config)
-        stage1_cfg, stage2_cfg = config["stage1"], config["stage2"]
+        stage1_cfg, stage2_cfg = config["prompts"], config["synergy"]
         n = len(trainer.dataset)
         domains = trainer.domains
         trainer.cluster(trainer.embed(synergy=False))
-        labels = trainer.labels
+        labels = trainer.state.labels
         learner = trainer.prompt_learner
         features = F.normalize(trainer.embed(encoder=learner.encode_images, desc="CLIP"), dim=-1)
         batch_size = int(stage1_cfg["batch_size"])
@@ -113,16 +88,18 @@ def main() -> None:
         rows, results = [], {}
         tiny = measure(lambda: stage1_steps(learner, features, domains, labels, batch_size,
                                             stage1_cfg["lr"]), repeats, warmup=1)
-        tiny_steps = tiny.pop("value")
-        tiny["step_median_s"] = statistics.median(tiny_steps)
+        tiny_losses, _ = tiny.pop("value")
+        tiny["step_median_s"] = tiny["median_s"] / len(tiny_losses)
         tiny["epoch_s"], tiny["extrapolated"] = tiny["median_s"], False
         results["stage 1, tpsnet-tiny-clip"] = tiny
 
         with torch.no_grad():
             trainer.model.set_text_features(F.normalize(learner().float(), dim=-1))
-        trainer.image_text_loss.set_text_features(trainer.model.text_features)
-        trainer._init_prototypes(trainer.embed())
-        s2 = measure(lambda: stage2_epoch(trainer), 1, warmup=0 if args.quick else 1)
+        trainer.set_text_features_of_losses()
+        trainer.init_prototypes(trainer.embed())
+        synergy = next(stage for stage in trainer.stages if isinstance(stage, SynergyStage))
+        trainer.stage_model.train()
+        s2 = measure(lambda: stage2_epoch(trainer, synergy), 1, warmup=0 if args.quick else 1)
         s2_steps = s2.pop("value")
         s2["step_median_s"] = s2["median_s"] / s2_steps
         s2["epoch_s"], s2["extrapolated"] = s2["median_s"], False
@@ -134,8 +111,8 @@ def main() -> None:
                                                generator=torch.Generator().manual_seed(0)), dim=-1)
         stage1_steps(vit, vit_features, domains, labels, batch_size, stage1_cfg["lr"], 1)
         with PeakRSS() as rss:
-            vit_times = stage1_steps(vit, vit_features, domains, labels, batch_size,
-                                     stage1_cfg["lr"], vit_steps)
+            vit_times = [stage1_steps(vit, vit_features, domains, labels, batch_size, stage1_cfg["lr"], 1)[1]
+                         for _ in range(vit_steps)]
         step = statistics.median(vit_times)
         results[f"stage 1, {big_clip} (random weights)"] = {
             "step_median_s": step, "times_s": vit_times, "repeats": len(vit_times), "warmup": 1,
@@ -170,8 +147,8 @@ def main() -> None:
         "setup": {"images": n, "domains": trainer.domain_names, "num_clusters": trainer.num_clusters,
                   "stage1_batch": batch_size, "stage2_batch": int(stage2_cfg["batch_size"]),
                   "timing": "tiny-clip: median of whole epochs after 1 warm-up epoch; stage 2: "
-                            "one epoch after 1 warm-up epoch; ViT-B-16: median step x steps per "
-                            "epoch (extrapolated), after 1 warm-up step",
+                            "one epoch after 1 warm-up epoch; ViT-B-16: median of single-step "
+                            "epochs x steps per epoch (extrapolated), after 1 warm-up step",
                   "memory": "extra peak RSS, background sampler (benchmarks/_common.py)"},
         "headers": headers,
         "rows": rows,

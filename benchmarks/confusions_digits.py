@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
         sys.exit("the run's dataset has no labels to diagnose with")
     if not trainer.resume():
         sys.exit(f"no checkpoint in {args.run / 'checkpoints'}")
-    embeddings = trainer.embed(synergy=trainer.stage in ("train", "done"))
+    embeddings = trainer.embed(synergy=trainer.state.stage in ("synergy", "done"))
     results = trainer.evaluate(embeddings)
     table = confusions(trainer.retrieval_features(embeddings), torch.as_tensor(trainer.true_labels),
                        trainer.domains, trainer.domain_names, args.top)
@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     errors = sum(row["errors"] for row in table.values())
     first = sum(row["top_confusions"][0]["count"] for row in table.values() if row["top_confusions"])
     print(f"most frequent class pair per direction: {first} of {errors} errors ({100 * first / max(errors, 1):.1f}%)")
-    report = {"benchmark": "confusions_digits", "run": str(args.run), "stage": trainer.stage, "epoch": trainer.epoch,
+    report = {"benchmark": "confusions_digits", "run": str(args.run), "stage": trainer.state.stage, "epoch": trainer.state.epoch,
               "directions": table, "errors": errors, "errors_in_top_pair_per_direction": first}
     write_json(args.out, report)
     return report

@@ -23,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: configs/digits.yaml)")
     parser.add_argument("--data-root", help="dataset root; implies data.dataset=folder")
-    parser.add_argument("--domains", nargs="+", help="two or more domain names (the first is the id reference)")
+    parser.add_argument("--domains", nargs="+", help="two or more domain names")
     parser.add_argument("--num-clusters", type=int, help="number of clusters C (default: number of classes found)")
     parser.add_argument("--output-dir", help="where checkpoints, metrics and plots go")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")

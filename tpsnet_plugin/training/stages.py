@@ -17,9 +17,14 @@ from torch.utils.data import DataLoader
 
 from ..losses import InstanceContrastiveLoss, PromptContrastiveLoss
 from ..samplers import PseudoLabelSampler
-from ..text_prior import relabel_with_prompts
+from ..text_prior.relabel import relabel_with_prompts
 from ..utils import encode_domain_labels
 from .hooks import EndOfEpochHook
+
+
+def _require_labels(trainer, stage: str) -> None:
+    if trainer.state.labels is None:
+        raise RuntimeError(f"The {stage} stage needs pseudo-labels: run a ClusteringStage before it")
 
 
 class Stage:
@@ -123,6 +128,7 @@ class PromptStage(Stage):
         return cls(**config)
 
     def run(self, trainer) -> None:
+        _require_labels(trainer, self.name)
         learner, device = trainer.prompt_learner, trainer.device
         clip_features = F.normalize(trainer.embed(encoder=learner.encode_images, desc="CLIP features"), dim=-1).to(device)
         domains = trainer.domains.to(device)
@@ -147,8 +153,11 @@ class PromptStage(Stage):
         trainer.model.set_text_features(broadcast(text_features.contiguous(), from_process=0))
         trainer.state.labels = broadcast(labels, from_process=0).cpu()
 
-    def train_epoch(self, learner, loss_fn, optimizer, clip_features, combined, generator, check_finite=None) -> list[float]:
-        """One epoch of prompt learning over shuffled batches; returns the loss of each step.
+    def train_epoch(
+        self, learner, loss_fn, optimizer, clip_features, combined, generator, check_finite=None,
+        max_steps: int | None = None,
+    ) -> list[float]:
+        """One epoch of prompt learning over shuffled batches (or its first ``max_steps``); the loss of each step.
 
         Args:
             learner: The ``DomainPromptLearner``.
@@ -158,11 +167,14 @@ class PromptStage(Stage):
             combined: Combined ``domain * C + cluster`` label per image.
             generator: CPU generator of the shuffling.
             check_finite: Optional ``f(terms, step)`` that raises on a non-finite loss.
+            max_steps: Stop after this many steps (None: the whole epoch).
         """
         all_prompts = torch.arange(learner.num_domains * learner.num_clusters, device=clip_features.device)
         order = torch.randperm(len(combined), generator=generator).to(clip_features.device)
         losses = []
         for step, start in enumerate(range(0, len(order), self.batch_size)):
+            if max_steps is not None and step == max_steps:
+                break
             batch = order[start:start + self.batch_size]
             text = learner().reshape(-1, learner.embed_dim)
             loss = loss_fn(clip_features[batch], combined[batch], ref_emb=text, ref_labels=all_prompts)
@@ -196,6 +208,7 @@ class SynergyStage(Stage):
         self.epoch_losses: dict[str, float] = {}
 
     def run(self, trainer) -> None:
+        _require_labels(trainer, self.name)
         state = trainer.state
         if state.epoch == 0:
             trainer.init_prototypes(trainer.embed())

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from .. import _torchvision_compat  # noqa: F401
 from ..clustering import ClusterPseudoLabeler, cluster_centroids, confident_mask
-from ..evaluation import evaluate_domains, mean_metrics, raw_pixel_features
+from ..evaluation import evaluate_domains, mean_metrics
+from ..evaluation.baseline import raw_pixel_features
 from ..models import TPSNet, create_tpsnet
 from ..text_prior import DomainPromptLearner
 from .augment import BatchAugment

@@ -1,0 +1,81 @@
+"""The stage contract (``run(trainer)`` continuing from ``trainer.state``) and hooks inside a real run."""
+
+import pytest
+import torch
+
+from tpsnet_plugin.training import (
+    ClusteringStage,
+    EndOfEpochHook,
+    PromptStage,
+    Stage,
+    SynergyStage,
+    TPSNetTrainer,
+    WarmupStage,
+)
+
+from .test_trainer import tiny_config
+
+
+class RecordingHook(EndOfEpochHook):
+    def __init__(self):
+        super().__init__(every=1)
+        self.calls = []
+
+    def run(self, trainer, stage):
+        self.calls.append((stage.name, trainer.state.epoch, dict(stage.epoch_losses)))
+
+
+def test_stages_follow_the_config(tmp_path):
+    trainer = TPSNetTrainer(tiny_config(tmp_path))
+    assert [type(s) for s in trainer.stages] == [WarmupStage, ClusteringStage, PromptStage, SynergyStage]
+    assert [s.name for s in trainer.stages] == ["warmup", "cluster", "prompts", "synergy"]
+    ablation = TPSNetTrainer(tiny_config(tmp_path / "b", "model.text_prior=false"))
+    assert [s.name for s in ablation.stages] == ["warmup", "cluster", "synergy"]
+
+
+def test_fit_runs_each_stage_once_in_order_and_checkpoints_between(tmp_path):
+    trainer = TPSNetTrainer(tiny_config(tmp_path, "synergy.epochs=2", "synergy.checkpoint_every=100"))
+    order, saved = [], []
+    for stage in trainer.stages:
+        run = stage.run
+
+        def wrapped(trainer, stage=stage, run=run):
+            order.append((stage.name, trainer.state.stage, trainer.state.epoch))
+            run(trainer)
+
+        stage.run = wrapped
+    save = trainer.save
+    trainer.save = lambda tag: saved.append(tag) or save(tag)
+    hook = RecordingHook()
+    trainer.stages[-1].hooks.append(hook)
+    trainer.fit()
+    # each stage starts at epoch 0 with the state naming it; a checkpoint starts every later stage
+    assert order == [("warmup", "warmup", 0), ("cluster", "cluster", 0), ("prompts", "prompts", 0), ("synergy", "synergy", 0)]
+    assert saved == ["cluster-start", "prompts-start", "synergy-start", "synergy-epoch002"]
+    assert trainer.state.stage == "done"
+    # the hook saw every synergy epoch, with that epoch's mean loss of every weighted term
+    assert [(name, epoch) for name, epoch, _ in hook.calls] == [("synergy", 1), ("synergy", 2)]
+    assert all(set(losses) == set(trainer.losses.loss_weights) for _, _, losses in hook.calls)
+    assert all(torch.isfinite(torch.tensor(list(losses.values()))).all() for _, _, losses in hook.calls)
+
+
+def test_a_custom_stage_is_a_run_method(tmp_path):
+    class CountClusters(Stage):
+        name = "cluster"
+
+        def run(self, trainer):
+            ClusteringStage().run(trainer)
+            self.sizes = torch.bincount(trainer.state.labels, minlength=trainer.num_clusters)
+
+    trainer = TPSNetTrainer(tiny_config(tmp_path, "warmup.epochs=0", "synergy.epochs=1"))
+    custom = CountClusters()
+    trainer.stages[1] = custom
+    trainer.fit()
+    assert custom.sizes.sum().item() == len(trainer.dataset)
+
+
+@pytest.mark.parametrize("position", [2, 3])
+def test_label_stages_need_a_clustering_first(tmp_path, position):
+    trainer = TPSNetTrainer(tiny_config(tmp_path, "warmup.epochs=0"))
+    with pytest.raises(RuntimeError, match="needs pseudo-labels: run a ClusteringStage"):
+        trainer.stages[position].run(trainer)
