@@ -37,8 +37,8 @@ import tpsnet_plugin  # noqa: E402,F401
 from pytorch_metric_learning.losses import NTXentLoss, SelfSupervisedLoss  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 from sklearn.metrics import normalized_mutual_info_score  # noqa: E402
+from tpsnet_plugin.clustering import ClusterPseudoLabeler  # noqa: E402
 from tpsnet_plugin.losses import InstanceContrastiveLoss  # noqa: E402
-from tpsnet_plugin.samplers import ClusterPseudoLabeler  # noqa: E402
 
 from _common import format_table, measure, parse_args, write_json  # noqa: E402
 

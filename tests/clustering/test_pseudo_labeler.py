@@ -1,57 +1,21 @@
 import io
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 import tpsnet_plugin  # noqa: F401
-from tpsnet_plugin.samplers import ClusterPseudoLabeler, ClusterResult
+from tpsnet_plugin.clustering import (
+    ClusterPseudoLabeler,
+    ConsensusAlignment,
+    FaissKMeans,
+    ReferenceAlignment,
+    SklearnKMeans,
+)
 
-C, E = 6, 16
-
-
-def make_domains(seed=0, counts=(60, 90, 120), noise=0.1):
-    """Orthonormal class means, per-domain random offset, samples shuffled per domain."""
-    rng = np.random.default_rng(seed)
-    means = np.linalg.qr(rng.normal(size=(E, C)))[0].T
-    xs, ds, ys = [], [], []
-    for d, n in enumerate(counts):
-        y = rng.permutation(np.arange(n) % C)
-        offset = rng.normal(size=E)
-        xs.append(means[y] + noise * rng.normal(size=(n, E)) + offset)
-        ds.append(np.full(n, d))
-        ys.append(y)
-    return np.concatenate(xs).astype(np.float32), np.concatenate(ds), np.concatenate(ys)
-
-
-def class_to_id(labels, domains, true_labels):
-    """Per domain, the aligned id of each true class; asserts each class maps to one id."""
-    mapping = []
-    for d in np.unique(domains):
-        row = []
-        for c in range(C):
-            ids = np.unique(labels[(domains == d) & (true_labels == c)])
-            assert len(ids) == 1, f"class {c} split over ids {ids} in domain {d}"
-            row.append(int(ids[0]))
-        mapping.append(row)
-    return np.array(mapping)
-
-
-def check_result(result, x_domains, true_labels):
-    num_domains = len(np.unique(x_domains))
-    assert isinstance(result, ClusterResult)
-    assert result.labels.dtype == np.int64 and result.labels.shape == true_labels.shape
-    assert result.centroids.dtype == np.float32 and result.centroids.shape == (num_domains, C, E)
-    mapping = class_to_id(result.labels, x_domains, true_labels)
-    # Cross-domain alignment: every domain maps each true class to the same aligned id.
-    assert (mapping == mapping[0]).all() and sorted(mapping[0]) == list(range(C))
-    for perm in result.matching:
-        assert sorted(perm.tolist()) == list(range(C))
-    expected_sizes = np.stack([np.bincount(result.labels[x_domains == d], minlength=C)
-                               for d in range(num_domains)])
-    assert (result.cluster_sizes == expected_sizes).all()
-    return mapping
+from .planted import C, E, check_result, make_ambiguous_reference, make_domains
 
 
 @pytest.mark.parametrize("anchor", [None, "smallest", 1])
@@ -89,28 +53,6 @@ def test_independent_clusterings_need_the_matching():
     check_result(result, d, y)
 
 
-def make_ambiguous_reference(eps=0.15, noise=0.05, n=120, seed=0):
-    """Four domains; in domain 0 classes 0 and 1 have centroids equally close to both classes'
-    centroids elsewhere, and domains 1-3 are tilted so that each breaks that tie its own way."""
-    rng = np.random.default_rng(seed)
-    basis = np.linalg.qr(rng.normal(size=(E, C + 2)))[0].T
-    means, (u0, u1) = basis[:C], basis[C:]
-    xs, ds, ys = [], [], []
-    for d in range(4):
-        y = rng.permutation(np.arange(n) % C)
-        m = means.copy()
-        if d == 0:
-            middle = (means[0] + means[1]) / np.sqrt(2)
-            m[0], m[1] = middle + 0.5 * u0, middle + 0.5 * u1
-        else:
-            tilt = (1 if d % 2 else -1) * eps * (u0 - u1)
-            m[0], m[1] = means[0] + tilt, means[1] - tilt
-        xs.append(m[y] + noise * rng.normal(size=(n, E)))
-        ds.append(np.full(n, d))
-        ys.append(y)
-    return np.concatenate(xs).astype(np.float32), np.concatenate(ds), np.concatenate(ys)
-
-
 @pytest.mark.parametrize("anchor", [None, "smallest", 1])
 def test_consensus_alignment_outvotes_a_domain_with_ambiguous_clusters(anchor):
     x, d, y = make_ambiguous_reference()
@@ -124,11 +66,27 @@ def test_consensus_alignment_outvotes_a_domain_with_ambiguous_clusters(anchor):
     assert consensus.nmi > 0.99
 
 
+@pytest.mark.parametrize("name, alignment", [
+    ("consensus", ConsensusAlignment()), ("consensus", ConsensusAlignment(max_rounds=3)),
+    ("reference", ReferenceAlignment()),
+])
+def test_alignment_objects_equal_their_names(name, alignment):
+    x, d, y = make_ambiguous_reference()
+    by_name, by_object = ClusterPseudoLabeler(C, alignment=name), ClusterPseudoLabeler(C, alignment=alignment)
+    assert by_object.alignment is alignment
+    for x_fit in (x, x + 0.01 * np.random.default_rng(1).normal(size=x.shape).astype(np.float32)):
+        a, b = by_name.fit(x_fit, d, y), by_object.fit(x_fit, d, y)  # cold, then warm
+        assert (a.labels == b.labels).all() and a.matching_cost == b.matching_cost
+        assert all((p == q).all() for p, q in zip(a.matching, b.matching))
+    if name == "consensus":
+        check_result(b, d, y)
+
+
 def test_consensus_keeps_warm_started_ids():
     x, d, y = make_ambiguous_reference()
     labeler = ClusterPseudoLabeler(C)
     first = check_result(labeler.fit(x, d, y), d, y)
-    labeler.seed = 3
+    labeler.kmeans.seed = 3
     rng = np.random.default_rng(1)
     second = labeler.fit(x + 0.01 * rng.normal(size=x.shape).astype(np.float32), d, y)
     assert second.ids_changed == 0 and (check_result(second, d, y) == first).all()
@@ -152,11 +110,6 @@ def test_two_domains_consensus_equals_the_pairwise_matching(warm):
         assert (a.labels == b.labels).all()
 
 
-def test_alignment_must_be_known():
-    with pytest.raises(ValueError, match="alignment must be 'consensus' or 'reference'"):
-        ClusterPseudoLabeler(C, alignment="pairwise")
-
-
 def test_no_true_labels_no_diagnostics():
     x, d, _ = make_domains()
     result = ClusterPseudoLabeler(C).fit(x, d)
@@ -170,7 +123,7 @@ def test_warm_start_keeps_ids_stable():
     labeler = ClusterPseudoLabeler(C)
     first = check_result(labeler.fit(x, d, y), d, y)
     # Another seed would give other raw ids: warm start must still keep the previous ids.
-    labeler.seed = 3
+    labeler.kmeans.seed = 3
     second = labeler.fit(x2, d, y)
     assert second.ids_changed == 0
     assert (check_result(second, d, y) == first).all()
@@ -193,8 +146,9 @@ def test_ids_changed_counts_relabelled_samples():
 def test_non_spherical_and_uncentred_options_run():
     x, d, y = make_domains(counts=(60, 60))
     x -= np.repeat(x.reshape(2, 60, E).mean(1), 60, axis=0)  # centre here instead
-    result = ClusterPseudoLabeler(C, spherical=False, center_per_domain=False).fit(x, d, y)
-    check_result(result, d, y)
+    labeler = ClusterPseudoLabeler(C, spherical=False, center_per_domain=False)
+    assert not labeler.spherical and not labeler.kmeans.spherical
+    check_result(labeler.fit(x, d, y), d, y)
 
 
 def test_bad_inputs_raise():
@@ -208,9 +162,30 @@ def test_bad_inputs_raise():
     x, d, y = make_domains()
     with pytest.raises(ValueError, match="true_labels"):
         ClusterPseudoLabeler(C).fit(x, d, true_labels=y[:-1])
+    with pytest.raises(ValueError, match=r"features must be \(N, e\)"):
+        ClusterPseudoLabeler(C).fit(x[:, 0], d)
+    with pytest.raises(ValueError, match="non-negative"):
+        ClusterPseudoLabeler(C).fit(x, d - 1)
     x[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         ClusterPseudoLabeler(C).fit(x, d)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"num_clusters": 0}, ValueError, "num_clusters must be >= 1"),
+    ({"niter": 0}, ValueError, "niter must be >= 1"),
+    ({"nredo": 0}, ValueError, "nredo must be >= 1"),
+    ({"anchor": -1}, ValueError, "anchor"),
+    ({"anchor": True}, ValueError, "anchor"),
+    ({"alignment": "pairwise"}, ValueError, "alignment must be 'consensus' or 'reference'"),
+    ({"alignment": object()}, TypeError, "alignment must be a name or an object with align"),
+    ({"kmeans": "torch"}, ValueError, "kmeans must be one of"),
+    ({"kmeans": object()}, TypeError, "kmeans must be a name or an object with fit"),
+    ({"kmeans": SklearnKMeans(C + 1)}, ValueError, "num_clusters=7"),
+])
+def test_bad_options_raise(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ClusterPseudoLabeler(**{"num_clusters": C, **kwargs})
 
 
 def test_warm_start_follows_the_labels_into_a_moved_feature_space():
@@ -241,11 +216,27 @@ def test_warm_start_shape_mismatch_asks_for_reset():
     assert labeler.fit(x[keep, :8], d[keep]).ids_changed is None
 
 
+def test_warm_start_with_an_empty_previous_cluster_uses_the_stored_centroid():
+    x, d, y = make_domains()
+    labeler = ClusterPseudoLabeler(C)
+    first = labeler.fit(x, d, y)
+    state = labeler.state_dict()
+    labels = state["labels"].clone()
+    labels[(state["labels"] == 2) & torch.from_numpy(d == 1)] = 3  # cluster 2 empty in domain 1
+    labeler.load_state_dict({"centroids": state["centroids"], "labels": labels})
+    second = labeler.fit(x, d, y)
+    assert (second.labels == first.labels).all()
+    labeler.load_state_dict({"centroids": None, "labels": labels})
+    with pytest.raises(ValueError, match=r"cluster\(s\) \[2\] of the previous fit are empty in domain 1"):
+        labeler.fit(x, d)
+
+
 def test_sklearn_fallback_aligns_ids(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
     with pytest.warns(UserWarning, match="faiss is not installed"):
         labeler = ClusterPseudoLabeler(C, nredo=2)
-    assert not labeler.use_faiss
+    assert not labeler.use_faiss and isinstance(labeler.kmeans, SklearnKMeans)
+    assert labeler.kmeans.nredo == 2
     x, d, y = make_domains()
     first = check_result(labeler.fit(x, d, y), d, y)
     second = labeler.fit(x + 0.01, d, y)
@@ -253,13 +244,39 @@ def test_sklearn_fallback_aligns_ids(monkeypatch):
     assert np.allclose(np.linalg.norm(second.centroids, axis=2), 1, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["faiss", "sklearn"])
+def test_kmeans_by_name_and_as_object(backend):
+    pytest.importorskip(backend)
+    cls = {"faiss": FaissKMeans, "sklearn": SklearnKMeans}[backend]
+    x, d, y = make_domains()
+    kmeans = cls(C, niter=20, nredo=2, seed=1)
+    by_object = ClusterPseudoLabeler(C, kmeans=kmeans)
+    by_name = ClusterPseudoLabeler(C, nredo=2, seed=1, kmeans=backend)
+    assert by_object.kmeans is kmeans and type(by_name.kmeans) is cls
+    assert by_object.use_faiss == by_name.use_faiss == (backend == "faiss")
+    a, b = by_object.fit(x, d, y), by_name.fit(x, d, y)
+    check_result(a, d, y)
+    assert (a.labels == b.labels).all() and np.array_equal(a.centroids, b.centroids)
+
+
+def test_auto_kmeans_is_faiss_when_installed():
+    pytest.importorskip("faiss")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labeler = ClusterPseudoLabeler(C)
+    assert labeler.use_faiss and isinstance(labeler.kmeans, FaissKMeans)
+
+
 def test_state_dict_round_trip():
     x, d, y = make_domains()
     x2 = x + 0.02 * np.random.default_rng(2).normal(size=x.shape).astype(np.float32)
     original = ClusterPseudoLabeler(C)
     original.fit(x, d)
+    state = original.state_dict()
+    assert set(state) == {"centroids", "labels"}
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
     buffer = io.BytesIO()
-    torch.save(original.state_dict(), buffer)
+    torch.save(state, buffer)
     buffer.seek(0)
     resumed = ClusterPseudoLabeler(C)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
@@ -269,5 +286,38 @@ def test_state_dict_round_trip():
     assert np.array_equal(got.centroids, expected.centroids)
     with pytest.raises(KeyError):
         resumed.load_state_dict({"centroids": None})
+    with pytest.raises(ValueError, match="centroids must have shape"):
+        resumed.load_state_dict({"centroids": torch.zeros(3, C + 1, E), "labels": None})
     fresh = ClusterPseudoLabeler(C).state_dict()
     assert fresh == {"centroids": None, "labels": None}
+    buffer = io.BytesIO()
+    torch.save(fresh, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True) == fresh
+    resumed.load_state_dict(fresh)
+    assert resumed.fit(x, d).ids_changed is None  # an empty state is a cold start
+
+
+def test_deprecated_imports_warn_and_return_the_moved_classes():
+    import tpsnet_plugin.clustering as clustering
+
+    for module in ("tpsnet_plugin.samplers", "tpsnet_plugin.samplers.cluster_pseudo_labeler"):
+        for name in ("ClusterPseudoLabeler", "ClusterResult"):
+            namespace = {}
+            with pytest.warns(DeprecationWarning, match=r"import it from tpsnet_plugin\.clustering"):
+                exec(f"from {module} import {name}", namespace)
+            assert namespace[name] is getattr(clustering, name)
+        with pytest.raises(ImportError):
+            exec(f"from {module} import NoSuchThing", {})
+    assert tpsnet_plugin.ClusterPseudoLabeler is clustering.ClusterPseudoLabeler
+
+
+def test_sampler_import_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from tpsnet_plugin.samplers import PseudoLabelSampler
+        from tpsnet_plugin.samplers.pseudo_label_sampler import PseudoLabelSampler as same
+
+        exec("from tpsnet_plugin.samplers import *", namespace := {})
+    assert same is PseudoLabelSampler is namespace["PseudoLabelSampler"]
+    assert "ClusterPseudoLabeler" not in namespace
