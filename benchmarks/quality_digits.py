@@ -6,7 +6,8 @@
 Variants (all through the same trainer, switched by config keys):
 
 - ``raw_pixels``: grayscale pixels, cosine (no training);
-- ``instance_only``: instance-contrastive training only (no clustering losses: alpha = beta = 0, no priors);
+- ``instance_only``: instance-contrastive training only (no clustering losses:
+  ``synergy.loss_weights.prototype=0``, no priors, no re-clustering);
 - ``no_priors``: clustering + prototypes (+ instance loss), no text and no phase prior;
 - ``phase``: + phase prior;  ``text``: + text prior;  ``full``: TPSNet (both priors);
 - ``full_i2tce``: TPSNet with L_i2tce switched on (``synergy.loss_weights.image_text=1``; the Digits configs set 0

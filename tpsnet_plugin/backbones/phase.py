@@ -1,7 +1,7 @@
 """Phase-only images: the Fourier phase of an image with its amplitude replaced by a constant.
 
 The phase keeps shapes and edges while the amplitude carries most of a domain's style (colour,
-texture, contrast), so the phase-only image is a domain-robust view of the input (DESIGN §2.3).
+texture, contrast), so the phase-only image is a domain-robust view of the input.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ class InstanceContrastiveLoss(BaseMetricLossFunction):
     2N - 2 views, and the loss is the mean cross-entropy of the 2N rows of the similarity matrix
     divided by the temperature. With ``within_domain=False`` this equals pml's
     ``SelfSupervisedLoss(NTXentLoss(temperature))`` in value and gradient, without materialising
-    every positive × negative pair (that costs seconds per call at batch 256).
+    every positive × negative pair (whose memory grows with the cube of the batch size).
 
     With ``within_domain=True`` the negatives are restricted to the anchor's domain, so the
     network cannot lower the loss by telling domains apart.

@@ -1,4 +1,4 @@
-"""TPSNet: backbone features refined by the frozen domain prompts (text–phase synergy, DESIGN §2.4)."""
+"""TPSNet: backbone features refined by the frozen domain prompts (text–phase synergy)."""
 
 from __future__ import annotations
 
