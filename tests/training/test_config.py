@@ -98,3 +98,56 @@ def test_no_section_reads_another_sections_keys():
     # Each stage is configured by its own section: the synergy instance loss has its own switch.
     config = load_config(overrides=["warmup.within_domain=false"])
     assert config["synergy"]["instance_within_domain"] is True
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.text_prior=maybe", r"'model.text_prior' expects true or false"),
+        ("model.text_prior=1", r"'model.text_prior' expects true or false"),
+        ("synergy.epochs=12.7", r"'synergy.epochs' expects an integer"),
+        ("synergy.epochs=ten", r"'synergy.epochs' expects an integer"),
+        ("synergy.epochs=0", r"'synergy.epochs' must be >= 1"),
+        ("data.num_clusters=0", r"'data.num_clusters' must be >= 1 or null"),
+        ("data.subset_per_domain=0", r"'data.subset_per_domain' must be >= 1 or null"),
+        ("data.num_clusters=2.5", r"'data.num_clusters' expects an integer or null"),
+        ("eval.ks=[0, 5]", r"'eval.ks' must be a non-empty list of integers >= 1"),
+        ("eval.ks=[]", r"'eval.ks' must be a non-empty list"),
+        ("eval.ks=5", r"'eval.ks' expects a list"),
+        ("eval.knn=annoy", r"'eval.knn' must be one of auto, faiss, torch"),
+        ("synergy.m_per_cluster=3", r"'synergy.batch_size' \(128\) must be a multiple of 'synergy.m_per_cluster' \(3\)"),
+        ("synergy.m_per_cluster=0", r"'synergy.m_per_cluster' must be >= 1"),
+        ("cluster.keep_ratio=0", r"'cluster.keep_ratio' must be > 0 and <= 1"),
+        ("cluster.anchor=-1", r"'cluster.anchor' expects \"smallest\", a domain index"),
+        ("synergy.loss_weights.prototype=-1", r"'synergy.loss_weights.prototype' must be a number >= 0"),
+        ("accelerate.mixed_precision=fp8", r"'accelerate.mixed_precision' must be one of no, fp16, bf16"),
+        ("data.domains=[a]", r"'data.domains' needs two or more different domains"),
+        ("model.rgb_kwargs=3", r"'model.rgb_kwargs' expects a mapping"),
+    ],
+)
+def test_bad_values_fail_at_load_time_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(overrides=[override])
+
+
+def test_all_loss_weights_zero_is_an_error():
+    overrides = [f"synergy.loss_weights.{name}=0" for name in ("prototype", "image_text", "instance", "miner")]
+    with pytest.raises(ValueError, match="Every 'synergy.loss_weights' is 0"):
+        load_config(overrides=overrides)
+
+
+def test_valid_optional_and_integer_values_pass():
+    config = load_config(overrides=["data.num_clusters=7", "cluster.anchor=1", "cluster.anchor=null",
+                                    "synergy.lr_head=1", "model.phase_amplitude=100"])
+    assert config["data"]["num_clusters"] == 7 and config["synergy"]["lr_head"] == 1.0
+
+
+def test_fp16_without_a_gpu_says_so(tmp_path):
+    import torch
+
+    from tpsnet_plugin.training import build_accelerator
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: fp16 can run")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        build_accelerator({"mixed_precision": "fp16", "gradient_accumulation_steps": 1, "log_with": "none"}, tmp_path)

@@ -186,4 +186,193 @@ def load_config(
     config = merge_config(config, sections)
     for assignment in overrides:
         config = merge_config(config, parse_override(assignment))
+    validate_config(config)
     return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: every value is checked at load time, with the key named, so that a typo fails in
+# a second instead of hours into a run.
+
+_CHOICES = {
+    "data.dataset": ("digits", "folder"),
+    "data.layout": ("auto", "folder", "office31", "list"),
+    "data.class_policy": ("strict", "intersection"),
+    "data.on_error": ("raise", "skip"),
+    "cluster.kmeans": ("auto", "faiss", "sklearn"),
+    "cluster.alignment": ("consensus", "reference"),
+    "eval.knn": ("auto", "faiss", "torch"),
+    "accelerate.mixed_precision": ("no", "fp16", "bf16"),
+    "accelerate.log_with": ("auto", "tensorboard", "csv", "none"),
+}
+# (minimum, maximum, minimum excluded) of numeric options; None = unbounded.
+_RANGES = {
+    "data.image_size": (8, None, False),
+    "data.num_workers": (0, None, False),
+    "model.embed_dim": (1, None, False),
+    "model.num_heads": (1, None, False),
+    "model.num_context": (1, None, False),
+    "model.weight_temperature": (0, None, True),
+    "warmup.epochs": (0, None, False),
+    "warmup.batch_size": (2, None, False),
+    "warmup.lr": (0, None, True),
+    "warmup.temperature": (0, None, True),
+    "cluster.niter": (1, None, False),
+    "cluster.nredo": (1, None, False),
+    "cluster.recluster_every": (0, None, False),
+    "cluster.keep_ratio": (0, 1, True),
+    "prompts.epochs": (0, None, False),
+    "prompts.batch_size": (1, None, False),
+    "prompts.lr": (0, None, True),
+    "prompts.repair_every": (0, None, False),
+    "prompts.repair_threshold": (0, 1, False),
+    "synergy.epochs": (1, None, False),
+    "synergy.batch_size": (2, None, False),
+    "synergy.m_per_cluster": (1, None, False),
+    "synergy.lr_backbone": (0, None, False),
+    "synergy.lr_head": (0, None, False),
+    "synergy.weight_decay": (0, None, False),
+    "synergy.label_smoothing": (0, 1, False),
+    "synergy.prototype_momentum": (0, 1, False),
+    "synergy.prototype_temperature": (0, None, True),
+    "synergy.instance_temperature": (0, None, True),
+    "synergy.miner_threshold": (0, 1, False),
+    "synergy.checkpoint_every": (1, None, False),
+    "eval.every": (0, None, False),
+    "eval.batch_size": (1, None, False),
+    "eval.tsne_max_points": (2, None, False),
+    "augment.rotation": (0, 180, False),
+    "augment.translate": (0, 1, False),
+    "augment.grayscale_p": (0, 1, False),
+    "augment.morphology_p": (0, 1, False),
+    "augment.elastic_alpha": (0, None, False),
+    "augment.elastic_sigma": (0, None, True),
+    "accelerate.gradient_accumulation_steps": (1, None, False),
+}
+# Options whose default is null: what else they accept.
+_OPTIONAL = {
+    "data.root": str,
+    "data.list_files": list,
+    "data.classes": list,
+    "data.num_clusters": int,
+    "data.subset_per_domain": int,
+    "model.checkpoint_path": str,
+    "model.phase_amplitude": float,
+    "model.clip_pretrained": str,
+}
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key and what it accepts."""
+
+
+def validate_config(config: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> None:
+    """Check every value of a resolved config against the default's type and the option's range.
+
+    Args:
+        config: A full config (defaults merged).
+        defaults: The defaults to check types against; None = the packaged defaults.
+
+    Raises:
+        ConfigError: Naming the first invalid key, the value and what the key accepts.
+    """
+    defaults = default_config() if defaults is None else defaults
+    for path, default in _flat_items(defaults):
+        value = _get_path(config, path)
+        _check_type(path, default, value)
+    for path, choices in _CHOICES.items():
+        value = _get_path(config, path)
+        if value not in choices:
+            raise ConfigError(f"Config key '{path}' must be one of {', '.join(choices)}; got {value!r}")
+    for path, (low, high, open_low) in _RANGES.items():
+        value = _get_path(config, path)
+        too_low = value <= low if open_low else value < low
+        if too_low or (high is not None and value > high):
+            bound = f"> {low}" if open_low else f">= {low}"
+            bound += f" and <= {high}" if high is not None else ""
+            raise ConfigError(f"Config key '{path}' must be {bound}; got {value!r}")
+    _check_relations(config)
+
+
+def _check_type(path: str, default: Any, value: Any) -> None:
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"Config key '{path}' expects {expected}; got {value!r} ({type(value).__name__})")
+
+    if path in _OPTIONAL:
+        if value is None:
+            return
+        kind = _OPTIONAL[path]
+        if kind is int and not _is_int(value):
+            raise fail("an integer or null")
+        if kind is int and value < 1:
+            raise ConfigError(f"Config key '{path}' must be >= 1 or null (null = all); got {value!r}")
+        if kind is float and not (_is_number(value) and value > 0):
+            raise fail("a positive number or null")
+        if kind is str and not isinstance(value, str):
+            raise fail("a string or null")
+        if kind is list and not isinstance(value, list):
+            raise fail("a list or null")
+        return
+    if path == "cluster.anchor":
+        if value is None or value == "smallest" or (_is_int(value) and value >= 0):
+            return
+        raise fail('"smallest", a domain index >= 0 or null')
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise fail("true or false")
+    elif isinstance(default, int):
+        if not _is_int(value):
+            raise fail("an integer")
+    elif isinstance(default, float):
+        if not _is_number(value):
+            raise fail("a number")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise fail("a string")
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            raise fail("a list")
+    elif isinstance(default, Mapping) and not isinstance(value, Mapping):
+        raise fail("a mapping, e.g. {key: value}")
+
+
+def _check_relations(config: Mapping[str, Any]) -> None:
+    data, s2, ev = config["data"], config["synergy"], config["eval"]
+    if len(data["domains"]) < 2 or len(set(data["domains"])) != len(data["domains"]):
+        raise ConfigError(f"Config key 'data.domains' needs two or more different domains; got {data['domains']!r}")
+    if not data["domains"] or not all(isinstance(d, str) for d in data["domains"]):
+        raise ConfigError(f"Config key 'data.domains' must be a list of names; got {data['domains']!r}")
+    ks = ev["ks"]
+    if not ks or not all(_is_int(k) and k >= 1 for k in ks):
+        raise ConfigError(f"Config key 'eval.ks' must be a non-empty list of integers >= 1; got {ks!r}")
+    if s2["batch_size"] % s2["m_per_cluster"]:
+        raise ConfigError(
+            f"Config key 'synergy.batch_size' ({s2['batch_size']}) must be a multiple of "
+            f"'synergy.m_per_cluster' ({s2['m_per_cluster']})"
+        )
+    weights = s2["loss_weights"]
+    for name, weight in weights.items():
+        if not _is_number(weight) or weight < 0:
+            raise ConfigError(f"Config key 'synergy.loss_weights.{name}' must be a number >= 0; got {weight!r}")
+    if not any(weights.values()):
+        raise ConfigError("Every 'synergy.loss_weights' is 0: set at least one above 0 (e.g. prototype: 1.0)")
+    low, high = config["augment"]["crop_scale"]
+    if not (_is_number(low) and _is_number(high) and 0 < low <= high <= 1):
+        raise ConfigError(f"Config key 'augment.crop_scale' must be [low, high] with 0 < low <= high <= 1; got {[low, high]}")
+    if config["model"]["embed_dim"] % config["model"]["num_heads"]:
+        raise ConfigError("Config key 'model.embed_dim' must be a multiple of 'model.num_heads'")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _get_path(config: Mapping[str, Any], path: str) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        node = node[part]
+    return node

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..losses import ImageTextCrossEntropyLoss, InstanceContrastiveLoss, PrototypeCrossEntropyLoss
 from ..miners import DomainPromptMiner
+from .config import ConfigError
 from .csv_tracker import CSVTracker
 
 LOSS_TERMS = ("prototype", "image_text", "instance", "miner")
@@ -30,6 +31,11 @@ def build_accelerator(accelerate_config: Mapping[str, Any], output_dir: str | Pa
     Without a GPU, ``accelerate launch --multi_gpu --num_processes N`` trains on N CPU processes
     (gloo): Accelerate starts that process group only when told to use the CPU.
     """
+    precision = accelerate_config["mixed_precision"]
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("accelerate.mixed_precision=fp16 needs a CUDA GPU; on the CPU use bf16 or no")
+    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ConfigError("accelerate.mixed_precision=bf16 is not supported by this GPU; use fp16 or no")
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     PartialState(cpu=multi_cpu)  # trackers query the process state, so it must exist first
     log_with = accelerate_config["log_with"]
@@ -45,7 +51,7 @@ def build_accelerator(accelerate_config: Mapping[str, Any], output_dir: str | Pa
     tracker = {"tensorboard": "tensorboard", "none": None}.get(log_with) or CSVTracker("tpsnet", Path(output_dir) / "logs")
     return Accelerator(
         cpu=multi_cpu,
-        mixed_precision=accelerate_config["mixed_precision"],
+        mixed_precision=precision,
         gradient_accumulation_steps=int(accelerate_config["gradient_accumulation_steps"]),
         log_with=tracker,
         project_dir=str(output_dir),

@@ -29,7 +29,7 @@ from ..models import TPSNet, create_tpsnet
 from ..text_prior import DomainPromptLearner
 from .augment import BatchAugment
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import default_config, merge_config
+from .config import default_config, merge_config, validate_config
 from .data import build_dataset, cache_images, images_as_float, unlabelled_view
 from .hooks import CheckpointHook, EvaluationHook, LoggingHook, ReclusterHook
 from .reporting import build_summary, export_model, write_records, write_summary
@@ -71,6 +71,7 @@ class TPSNetTrainer:
 
     def __init__(self, config: Mapping[str, Any] | None = None, accelerator: Accelerator | None = None) -> None:
         self.config = cfg = merge_config(default_config(), config or {})
+        validate_config(cfg)
         self.output_dir = Path(cfg["output_dir"])
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.accelerator = accelerator or build_accelerator(cfg["accelerate"], self.output_dir)
