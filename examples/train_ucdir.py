@@ -5,6 +5,7 @@
         --data-root /data/OfficeHome --domains Art Real_World
     accelerate launch examples/train_ucdir.py --set model.text_prior=false   # ablation
     accelerate launch examples/train_ucdir.py --output-dir outputs/run --resume
+    accelerate launch examples/train_ucdir.py --output-dir outputs/run --overwrite   # replace a finished run
 
 Every config option is listed, with its default, in tpsnet_plugin/training/default_config.yaml.
 """
@@ -12,9 +13,14 @@ Every config option is listed, with its default, in tpsnet_plugin/training/defau
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from tpsnet_plugin.training import TPSNetTrainer, load_config
+import yaml
+
+from tpsnet_plugin.training import NonFiniteLossError, TPSNetTrainer, load_config
+from tpsnet_plugin.training.checkpoint import CheckpointError
+from tpsnet_plugin.training.run_dir import TrainingInterrupted, stop_on_signals
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 
@@ -24,12 +30,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: configs/digits.yaml)")
     parser.add_argument("--data-root", help="dataset root; implies data.dataset=folder")
     parser.add_argument("--domains", nargs="+", help="two or more domain names")
-    parser.add_argument("--num-clusters", type=int, help="number of clusters C (default: number of classes found)")
+    parser.add_argument("--num-clusters", type=_positive_int, help="number of clusters C (default: number of classes found)")
     parser.add_argument("--output-dir", help="where checkpoints, metrics and plots go")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --output-dir (its checkpoints, metrics and model)")
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any config key (repeatable), e.g. --set synergy.epochs=20")
     return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {value}")
+    return value
 
 
 def main(argv=None) -> dict:
@@ -45,8 +63,30 @@ def main(argv=None) -> dict:
     if args.output_dir:
         sections["output_dir"] = args.output_dir
     config = load_config(args.config, args.overrides, **sections)
-    return TPSNetTrainer(config).fit(resume=args.resume)
+    return TPSNetTrainer(config).fit(resume=args.resume, overwrite=args.overwrite)
+
+
+# Errors that are the user's to fix: one message, no traceback.
+USER_ERRORS = (ValueError, KeyError, TypeError, OSError, yaml.YAMLError, CheckpointError, NonFiniteLossError)
+
+
+def cli(argv=None) -> int:
+    """Run :func:`main` as a command: clean one-line errors and an exit status instead of tracebacks."""
+    stop_on_signals()
+    try:
+        main(argv)
+    except TrainingInterrupted as stop:
+        print(f"train_ucdir: {stop}; the last complete checkpoint is kept: continue with --resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("train_ucdir: interrupted; the last complete checkpoint is kept: continue with --resume", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"train_ucdir: error: {message}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -6,7 +6,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from tpsnet_plugin.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tpsnet_plugin.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from tpsnet_plugin.training.state import TrainingState
 
 
@@ -54,6 +54,6 @@ def test_load_refuses_a_pickle_payload_without_running_it(tmp_path):
     folder = save_checkpoint(accelerator, tmp_path / "checkpoints", "a", {"stage": "synergy", "epoch": 1})
     with open(folder / "custom_checkpoint_0.pkl", "wb") as file:
         pickle.dump(_Payload(), file)
-    with pytest.raises(RuntimeError, match="refusing to unpickle"):
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
         load_checkpoint(accelerator, folder)
     assert not _Payload.ran

@@ -151,3 +151,35 @@ def test_fp16_without_a_gpu_says_so(tmp_path):
         pytest.skip("this machine has a GPU: fp16 can run")
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
         build_accelerator({"mixed_precision": "fp16", "gradient_accumulation_steps": 1, "log_with": "none"}, tmp_path)
+
+
+def test_malformed_yaml_names_the_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("synergy:\n  epochs: 3\n  lr_head: [1, 2\n")
+    with pytest.raises(ValueError, match=r"bad.yaml is not valid YAML .* line 4"):
+        load_config(path)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- synergy\n- epochs\n")
+    with pytest.raises(ValueError, match="must hold a mapping of sections"):
+        load_config(path)
+
+
+def test_non_utf8_config_is_named(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("output_dir: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.yaml is not UTF-8"):
+        load_config(path)
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes("\ufeffsynergy:\n  epochs: 3\n".encode())
+    assert load_config(path)["synergy"]["epochs"] == 3
+
+
+def test_malformed_override_value():
+    with pytest.raises(ValueError, match=r"Override 'eval.ks=\[1, 5': the value .* is not valid YAML"):
+        load_config(overrides=["eval.ks=[1, 5"])

@@ -10,14 +10,17 @@ file is loaded once with ``weights_only=True``, so a checkpoint never unpickles 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
 
 from ..utils.io import atomic_write_text
 
@@ -45,10 +48,21 @@ def save_checkpoint(accelerator: Accelerator, root: Path, tag: str, meta: dict[s
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / META).write_text(json.dumps(meta))
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(root)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
+        if _out_of_space(error, root):
+            raise OSError(errno.ENOSPC, f"No space left on device while writing checkpoint {final}; {kept}. "
+                          "Free disk space, then run again with --resume.") from error
+        raise OSError(getattr(error, "errno", None) or errno.EIO,
+                      f"Could not write checkpoint {final} ({error}); {kept}.") from error
     if accelerator.is_main_process:
-        (tmp / META).write_text(json.dumps(meta))
         if final.exists():
             old = root / f".old-{tag}"
             shutil.rmtree(old, ignore_errors=True)
@@ -69,25 +83,157 @@ def save_checkpoint(accelerator: Accelerator, root: Path, tag: str, meta: dict[s
     return final
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    """Return the checkpoint folder ``root/latest`` names when it is complete, else None."""
-    pointer = Path(root) / LATEST
-    if not pointer.is_file():
+def _out_of_space(error: BaseException, root: Path) -> bool:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(root).free < 2**26
+    except OSError:
+        return False
+
+
+def latest_checkpoint(root: Path, log: Callable[[str], Any] | None = None) -> Path | None:
+    """The checkpoint folder ``root/latest`` names; if it is missing or incomplete, the newest complete one.
+
+    Args:
+        root: Folder holding all checkpoints of a run.
+        log: Called with a message when falling back from the ``latest`` pointer.
+
+    Returns:
+        A complete checkpoint folder, or None when there is none.
+    """
+    root = Path(root)
+    pointer = root / LATEST
+    if pointer.is_file():
+        folder = root / pointer.read_text().strip()
+        if (folder / META).is_file():
+            return folder
+    complete = sorted(
+        (p for p in root.glob("*") if p.is_dir() and not p.name.startswith(".") and (p / META).is_file()),
+        key=lambda p: (p.stat().st_mtime, p.name),
+    ) if root.is_dir() else []
+    if not complete:
         return None
-    folder = Path(root) / pointer.read_text().strip()
-    return folder if (folder / META).is_file() else None
+    if log is not None and pointer.is_file():
+        log(f"{pointer} names {pointer.read_text().strip()!r}, which is missing or incomplete: "
+            f"using the newest complete checkpoint, {complete[-1].name}")
+    return complete[-1]
+
+
+def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
+    """The meta dict a checkpoint was saved with (stage, epoch, config, dataset fingerprint)."""
+    path = Path(folder) / META
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"Checkpoint file {path} is unreadable ({error}); the checkpoint is damaged: "
+                           "remove the folder to resume from the one before it.") from error
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is damaged or unsafe to load; the message names it."""
+
+
+# Options that may change on resume; everything else must match the checkpoint's config.
+SAFE_ON_RESUME = (
+    "output_dir",
+    "synergy.epochs",
+    "synergy.checkpoint_every",
+    "synergy.lr_backbone",
+    "synergy.lr_head",
+    "eval",
+    "data.num_workers",
+    "data.cache_in_memory",
+    "accelerate.mixed_precision",
+    "accelerate.log_with",
+)
+
+
+class ResumeMismatchError(ValueError):
+    """The run to resume was made with another config or dataset."""
+
+
+def check_resume_compatible(meta: Mapping[str, Any], config: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
+    """Refuse to resume a checkpoint made with a different experiment.
+
+    Args:
+        meta: The checkpoint's meta dict (:func:`read_checkpoint_meta`).
+        config: The current resolved config.
+        dataset: The current dataset fingerprint.
+
+    Raises:
+        ResumeMismatchError: Listing every differing option (outside ``SAFE_ON_RESUME``) and dataset property.
+    """
+    differences = []
+    saved_config = meta.get("config")
+    if saved_config is not None:
+        for path in sorted(set(_flat(saved_config)) | set(_flat(config))):
+            if any(path == safe or path.startswith(safe + ".") for safe in SAFE_ON_RESUME):
+                continue
+            old, new = _flat(saved_config).get(path, "<absent>"), _flat(config).get(path, "<absent>")
+            if old != new:
+                differences.append(f"config {path}: {old!r} in the checkpoint, {new!r} now")
+    saved_data = meta.get("dataset")
+    if saved_data is not None:
+        for key in ("domains", "classes", "sizes", "content_sha256"):
+            if saved_data.get(key) != dataset.get(key):
+                what = "the file list or labels" if key == "content_sha256" else key
+                differences.append(f"dataset {what}: {_short(saved_data.get(key))} in the checkpoint, "
+                                   f"{_short(dataset.get(key))} now")
+    if differences:
+        raise ResumeMismatchError(
+            "Cannot resume: this is not the experiment the checkpoint belongs to.\n  " + "\n  ".join(differences)
+            + f"\nOnly these options may change on resume: {', '.join(SAFE_ON_RESUME)}. Start a new run in "
+            "another --output-dir (or replace this one with --overwrite)."
+        )
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value and not key.endswith("_kwargs"):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def load_checkpoint(accelerator: Accelerator, folder: Path) -> dict[str, Any]:
-    """Restore every registered state from ``folder``; returns the checkpoint's meta dict."""
+    """Restore every registered state from ``folder``; returns the checkpoint's meta dict.
+
+    Raises:
+        CheckpointError: A file of the checkpoint is damaged or is not a plain tensor file (it is
+            never unpickled); the message names the file.
+    """
     folder = Path(folder)
+    meta = read_checkpoint_meta(folder)
     for path in sorted(folder.glob("custom_checkpoint_*.pkl")):
         try:
             torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
-            raise RuntimeError(
-                f"{path} is not a plain tensor checkpoint (refusing to unpickle it): {error}. "
-                "Resume from a checkpoint this package wrote, or start a new run."
+            raise CheckpointError(
+                f"{path} is damaged or not a plain tensor file (refusing to unpickle it): {error}. "
+                "Remove the checkpoint folder to resume from the one before it, or start a new run."
             ) from error
-    accelerator.load_state(str(folder))
-    return json.loads((folder / META).read_text())
+    random_states = folder / f"random_states_{accelerator.process_index}.pkl"
+    try:
+        accelerate_load(random_states, map_location="cpu")
+    except Exception as error:
+        warnings.warn(
+            f"Random states in {random_states} cannot be restored ({type(error).__name__}: {error}); the resumed "
+            "run continues with fresh random streams, so it will not repeat an uninterrupted run exactly.",
+            RuntimeWarning, stacklevel=2,
+        )
+    try:
+        accelerator.load_state(str(folder))
+    except Exception as error:
+        raise CheckpointError(
+            f"Cannot load checkpoint {folder}: {type(error).__name__}: {error}. A file of it is damaged "
+            "(truncated or corrupt): remove the folder to resume from the one before it, or start a new run."
+        ) from error
+    return meta

@@ -158,10 +158,39 @@ def parse_override(assignment: str) -> dict[str, Any]:
     if "=" not in assignment:
         raise ValueError(f"Override '{assignment}' must look like section.key=value")
     path, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"Override '{assignment}': the value {raw!r} is not valid YAML "
+                          "(quote strings with special characters; lists look like [1, 5])") from None
     nested: dict[str, Any] = {}
     _set_path(nested, path.strip(), value)
     return nested
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with errors that name the file (and line) and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file not found: {path}. See configs/ for the shipped ones.")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark is dropped
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"Config file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                          "save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"Config file {path} is not valid YAML ({problem} at{where or ' an unknown place'})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"Config file {path} must hold a mapping of sections (e.g. `synergy: {{epochs: 10}}`), "
+                          f"got a {type(data).__name__}")
+    return dict(data)
 
 
 def load_config(
@@ -179,10 +208,7 @@ def load_config(
     """
     config = default_config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Config file not found: {path}. See configs/ for the shipped ones.")
-        config = merge_config(config, yaml.safe_load(path.read_text()) or {})
+        config = merge_config(config, read_config_file(path))
     config = merge_config(config, sections)
     for assignment in overrides:
         config = merge_config(config, parse_override(assignment))

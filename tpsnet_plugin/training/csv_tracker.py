@@ -24,7 +24,7 @@ class CSVTracker(GeneralTracker):
     def __init__(self, run_name: str, logging_dir: str | os.PathLike):
         super().__init__()
         self.run_name = run_name
-        Path(logging_dir).mkdir(parents=True, exist_ok=True)
+        # The folder is created on the first row, so building a tracker writes nothing.
         self.path = Path(logging_dir) / f"{run_name}.csv"
 
     @property
@@ -38,6 +38,7 @@ class CSVTracker(GeneralTracker):
     @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
         new_file = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", newline="") as handle:
             writer = csv.writer(handle)
             if new_file:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm.auto import tqdm
 
 from ..data import DigitsDomain, DomainSubset, MultiDomainDataset, build_folder_domains
+from .progress import progress
 
 
 def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainDataset:
@@ -45,7 +48,7 @@ def cache_images(dataset: Dataset, num_workers: int = 0, show_progress: bool = T
     loader = DataLoader(dataset, batch_size=256, num_workers=num_workers)
     chunks = [
         images.mul(255).round_().to(torch.uint8)
-        for images, *_ in tqdm(loader, desc="caching images", disable=not show_progress)
+        for images, *_ in progress(loader, "caching images", enabled=show_progress)
     ]
     return torch.cat(chunks)
 
@@ -80,3 +83,38 @@ class _NoLabelView(Dataset):
     def __getitem__(self, index: int):
         image, _, domain, index = self.dataset[index]
         return image, domain, index
+
+
+def dataset_fingerprint(dataset: MultiDomainDataset) -> dict[str, Any]:
+    """What identifies a dataset for resuming: domains, classes, sizes and a hash of its content.
+
+    The hash covers every image's label and domain and, for folder data, every file's path
+    relative to its domain folder (so a moved dataset root still matches).
+    """
+    digest = hashlib.sha256()
+    digest.update(np.asarray(dataset.labels, dtype=np.int64).tobytes())
+    digest.update(np.asarray(dataset.domains, dtype=np.int64).tobytes())
+    for part in dataset.datasets:
+        for path in _relative_paths(part):
+            digest.update(path.encode("utf-8", "surrogateescape") + b"\0")
+    return {
+        "domains": list(dataset.domain_names),
+        "classes": [str(c) for c in dataset.classes],
+        "sizes": [len(part) for part in dataset.datasets],
+        "content_sha256": digest.hexdigest(),
+    }
+
+
+def _relative_paths(part) -> list[str]:
+    indices = getattr(part, "indices", None)
+    inner = getattr(part, "dataset", part)
+    samples = getattr(inner, "samples", None)
+    if samples is None:
+        return []
+    root = getattr(inner, "root", None)
+    paths = [str(path) for path, _ in samples]
+    if root is not None:
+        paths = [os.path.relpath(path, root) for path in paths]
+    if indices is not None:
+        paths = [paths[int(i)] for i in indices]
+    return paths

@@ -48,7 +48,9 @@ def build_accelerator(accelerate_config: Mapping[str, Any], output_dir: str | Pa
             log_with = "csv"
     if log_with not in ("tensorboard", "csv", "none"):
         raise ValueError(f"accelerate.log_with must be auto, tensorboard, csv or none, got {log_with!r}")
-    tracker = {"tensorboard": "tensorboard", "none": None}.get(log_with) or CSVTracker("tpsnet", Path(output_dir) / "logs")
+    tracker = {"tensorboard": "tensorboard", "none": None}[log_with] if log_with != "csv" else CSVTracker(
+        "tpsnet", Path(output_dir) / "logs"
+    )
     return Accelerator(
         cpu=multi_cpu,
         mixed_precision=precision,

@@ -19,7 +19,6 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .. import _torchvision_compat  # noqa: F401
 from ..clustering import ClusterPseudoLabeler, cluster_centroids, confident_mask
@@ -28,10 +27,19 @@ from ..evaluation.baseline import raw_pixel_features
 from ..models import TPSNet, create_tpsnet
 from ..text_prior import DomainPromptLearner
 from .augment import BatchAugment
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..utils.io import atomic_write_text
+from .checkpoint import (
+    check_resume_compatible,
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
 from .config import default_config, merge_config, validate_config
-from .data import build_dataset, cache_images, images_as_float, unlabelled_view
+from .data import build_dataset, cache_images, dataset_fingerprint, images_as_float, unlabelled_view
 from .hooks import CheckpointHook, EvaluationHook, LoggingHook, ReclusterHook
+from .progress import progress
+from .run_dir import OutputDirLock, check_output_dir, remove_run_artifacts
 from .reporting import build_summary, export_model, write_records, write_summary
 from .setup import build_accelerator, build_losses, build_optimizer
 from .stages import ClusteringStage, PromptStage, Stage, SynergyStage, WarmupStage
@@ -136,6 +144,7 @@ class TPSNetTrainer:
             self.accelerator.register_for_checkpointing(PromptContext(self.prompt_learner))
 
         self.stages = self.build_stages()
+        self._fingerprint = dataset_fingerprint(self.dataset)
         self._epoch_embeddings: tuple[tuple[str, int], torch.Tensor] | None = None
 
     def build_stages(self) -> list[Stage]:
@@ -155,16 +164,39 @@ class TPSNetTrainer:
         return stages
 
     # ------------------------------------------------------------------ the whole run
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Run every stage (or the rest of them after ``resume``) and return the summary dict."""
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Run every stage (or the rest of them after ``resume``) and return the summary dict.
+
+        Args:
+            resume: Continue the run in ``output_dir`` from its latest complete checkpoint.
+            overwrite: Replace a previous run in ``output_dir`` (its checkpoints, metrics, model).
+
+        Raises:
+            OutputDirError: ``output_dir`` holds a previous run and neither flag is set, or another
+                process is writing to it.
+        """
         acc = self.accelerator
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
-        acc.wait_for_everyone()
-        acc.init_trackers("tpsnet", config=_flatten(self.config))
-        if resume and not self.resume():
-            acc.print(f"--resume: no checkpoint in {self.checkpoint_dir}, starting from scratch")
+        check_output_dir(self.output_dir, resume=resume, overwrite=overwrite)  # before the lock creates the folder
+        lock = OutputDirLock(self.output_dir).acquire() if acc.is_main_process else None
+        try:
+            check_output_dir(self.output_dir, resume=resume, overwrite=overwrite)  # again, now that no one else writes
+            if resume:
+                self.resume()  # before anything is written: a refused resume leaves the run as it was
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                if overwrite:
+                    remove_run_artifacts(self.output_dir)
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+            acc.wait_for_everyone()
+            acc.init_trackers("tpsnet", config=_flatten(self.config))
+            return self._run_stages()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run_stages(self) -> dict[str, Any]:
+        acc = self.accelerator
         self.state.restart_clock()
         names = [stage.name for stage in self.stages] + ["done"]
         for position, stage in enumerate(self.stages):
@@ -223,7 +255,8 @@ class TPSNetTrainer:
         return tuple(self.augment(images).contiguous(memory_format=self.memory_format) for _ in range(2))
 
     def progress(self, iterable, desc: str):
-        return tqdm(iterable, desc=desc, disable=not self.accelerator.is_local_main_process, leave=False)
+        """A progress bar on a terminal, one line per loop in a log; main process only."""
+        return progress(iterable, desc, enabled=self.accelerator.is_local_main_process)
 
     # ------------------------------------------------------------------ embedding and evaluation
     @torch.no_grad()
@@ -392,18 +425,34 @@ class TPSNetTrainer:
     # ------------------------------------------------------------------ checkpoints
     def save(self, tag: str) -> Path:
         """Write a resumable checkpoint named ``tag`` (atomic)."""
-        meta = {"stage": self.state.stage, "epoch": self.state.epoch}
+        meta = {"stage": self.state.stage, "epoch": self.state.epoch, "config": self.config,
+                "dataset": self._fingerprint}
         return save_checkpoint(self.accelerator, self.checkpoint_dir, tag, meta)
 
-    def resume(self) -> bool:
-        """Load the latest checkpoint of ``output_dir``; returns False when there is none."""
-        folder = latest_checkpoint(self.checkpoint_dir)
+    def resume(self) -> Path:
+        """Load the latest complete checkpoint of ``output_dir`` after checking it is the same experiment.
+
+        Options listed in ``SAFE_ON_RESUME`` may differ from the checkpoint's (learning rates take
+        effect); any other config change, or a different dataset, is refused.
+
+        Returns:
+            The checkpoint folder loaded.
+
+        Raises:
+            FileNotFoundError: No complete checkpoint in ``output_dir/checkpoints``.
+            ResumeMismatchError: The config or the dataset differs from the checkpoint's.
+        """
+        folder = latest_checkpoint(self.checkpoint_dir, log=self.accelerator.print)
         if folder is None:
-            return False
+            raise FileNotFoundError(
+                f"--resume: no complete checkpoint in {self.checkpoint_dir} (a run writes its first one after the "
+                "warm-up). Start the run again with --overwrite, or without --resume in a new --output-dir."
+            )
+        check_resume_compatible(read_checkpoint_meta(folder), self.config, dataset_fingerprint(self.dataset))
         load_checkpoint(self.accelerator, folder)
         self.set_learning_rates()
         self.accelerator.print(f"resumed from {folder} (stage {self.state.stage}, epoch {self.state.epoch})")
-        return True
+        return folder
 
 
 def _as_float(value) -> float | None:

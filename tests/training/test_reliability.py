@@ -1,0 +1,201 @@
+"""Reliability of whole runs: no lost runs, refused mismatched resumes, clear errors, signals."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tpsnet_plugin.training import TPSNetTrainer
+from tpsnet_plugin.training.checkpoint import CheckpointError, ResumeMismatchError, latest_checkpoint
+from tpsnet_plugin.training.run_dir import OutputDirError
+
+from .test_trainer import REPO, run_cli, tiny_config
+
+EXTRA = ("warmup.epochs=0", "synergy.epochs=2", "synergy.checkpoint_every=1")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny run (2 synergy epochs, checkpoints after each)."""
+    root = tmp_path_factory.mktemp("finished")
+    TPSNetTrainer(tiny_config(root, *EXTRA)).fit()
+    return root / "run"
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    shutil.copytree(finished, tmp_path / "run")
+    return tmp_path
+
+
+def test_a_new_run_into_a_finished_run_refuses_and_keeps_it(run):
+    summary = (run / "run" / "summary.json").read_text()
+    with pytest.raises(OutputDirError, match="already holds a run.*--resume.*--overwrite"):
+        TPSNetTrainer(tiny_config(run, *EXTRA)).fit()
+    assert (run / "run" / "summary.json").read_text() == summary
+    assert (run / "run" / "checkpoints" / "synergy-epoch002").is_dir()
+
+
+def test_overwrite_replaces_the_run(run):
+    (run / "run" / "logs").mkdir(exist_ok=True)
+    (run / "run" / "logs" / "tpsnet.csv").write_text("step,name,value\n1,old,1\n")
+    TPSNetTrainer(tiny_config(run, *EXTRA, "synergy.epochs=1")).fit(overwrite=True)
+    summary = json.loads((run / "run" / "summary.json").read_text())
+    assert summary["last_epoch"] == 1
+    assert sorted(p.name for p in (run / "run" / "checkpoints").iterdir() if p.is_dir()) == ["synergy-epoch001", "synergy-start"]
+    assert not (run / "run" / "logs" / "tpsnet.csv").exists()  # the old CSV is not appended to
+
+
+def test_resume_falls_back_to_the_newest_complete_checkpoint(run, capsys):
+    (run / "run" / "checkpoints" / "latest").write_text("synergy-epoch009")
+    trainer = TPSNetTrainer(tiny_config(run, *EXTRA))
+    assert trainer.resume().name == "synergy-epoch002"
+    assert "missing or incomplete: using the newest complete checkpoint, synergy-epoch002" in capsys.readouterr().out
+    assert (trainer.state.stage, trainer.state.epoch) == ("synergy", 2)
+
+
+def test_resume_without_a_complete_checkpoint_stops(run):
+    shutil.rmtree(run / "run" / "checkpoints")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        TPSNetTrainer(tiny_config(run, *EXTRA)).fit(resume=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "listed"),
+    [
+        ("cluster.nredo=2", "config cluster.nredo: 1 in the checkpoint, 2 now"),
+        ("model.phase_prior=false", "config model.phase_prior: True in the checkpoint, False now"),
+        ("data.subset_per_domain=80", "dataset sizes: [96, 96] in the checkpoint, [80, 80] now"),
+        ("seed=1", "dataset the file list or labels"),
+    ],
+)
+def test_resume_refuses_another_experiment_and_lists_the_differences(run, change, listed):
+    summary = (run / "run" / "summary.json").read_text()
+    with pytest.raises(ResumeMismatchError, match="Cannot resume") as error:
+        TPSNetTrainer(tiny_config(run, *EXTRA, change)).fit(resume=True)
+    assert listed in str(error.value)
+    assert (run / "run" / "summary.json").read_text() == summary  # nothing was written
+
+
+def test_resume_takes_new_learning_rates_and_more_epochs(run):
+    trainer = TPSNetTrainer(tiny_config(run, *EXTRA, "synergy.epochs=3", "synergy.lr_head=0.0005",
+                                        "synergy.lr_backbone=0.0002", "eval.ks=[1, 5]"))
+    summary = trainer.fit(resume=True)
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == [0.0002, 0.0005]
+    assert summary["last_epoch"] == 3 and set(summary["last"]["printed->handwritten-mnist"]) == {
+        "precision_at_1", "precision_at_5", "map_at_all"}
+
+
+def test_damaged_model_file_is_named(run):
+    model = run / "run" / "checkpoints" / "synergy-epoch002" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="synergy-epoch002.*damaged"):
+        TPSNetTrainer(tiny_config(run, *EXTRA)).resume()
+
+
+def test_unrestorable_random_states_warn(run):
+    (run / "run" / "checkpoints" / "synergy-epoch002" / "random_states_0.pkl").write_bytes(b"garbage")
+    with pytest.warns(RuntimeWarning, match="random_states_0.pkl cannot be restored"):
+        TPSNetTrainer(tiny_config(run, *EXTRA)).resume()
+
+
+def test_disk_full_names_the_intact_checkpoint_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    trainer = TPSNetTrainer(tiny_config(tmp_path, *EXTRA))
+    save_state = trainer.accelerator.save_state
+    calls = []
+
+    def full_disk(folder):
+        calls.append(folder)
+        if len(calls) == 2:
+            save_state(folder)  # half written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save_state(folder)
+
+    monkeypatch.setattr(trainer.accelerator, "save_state", full_disk)
+    with pytest.raises(OSError, match=r"No space left on device while writing checkpoint .*prompts-start; "
+                                      r"the previous checkpoint .*cluster-start is intact"):
+        trainer.fit()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["cluster-start", "latest"]
+
+
+def _cli(tmp_path, *args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "examples" / "train_ucdir.py"), "--output-dir",
+                           str(tmp_path / "run"), *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "synergy.epochs=ten"], "Config key 'synergy.epochs' expects an integer"),
+        (["--set", "synergy.epoch=3"], "Unknown config key 'synergy.epoch'. Did you mean synergy.epochs,"),
+        (["--config", "nope.yaml"], "Config file not found: nope.yaml"),
+        (["--resume"], "does not exist"),
+    ],
+)
+def test_cli_errors_are_one_clean_line(tmp_path, args, message):
+    result = _cli(tmp_path, *args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("train_ucdir: error: ")
+    assert message in result.stderr
+
+
+def test_cli_rejects_zero_clusters(tmp_path):
+    result = _cli(tmp_path, "--num-clusters", "0")
+    assert result.returncode == 2 and "expects a positive integer" in result.stderr
+
+
+def _training_processes(output_dir: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        # the training process runs the script itself; the launcher runs `python -m accelerate...`
+        if len(argv) > 1 and argv[1].endswith("train_ucdir.py") and str(output_dir) in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the training process through /proc")
+def test_signalled_launcher_stops_training_and_the_output_dir_is_locked(tmp_path):
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no")
+    process = run_cli(tmp_path, "synergy.epochs=1000", "eval.every=0", launcher=launcher)
+    output_dir = tmp_path / "run"
+    deadline = time.time() + 300
+    while not (output_dir / "checkpoints" / "synergy-start").exists() and process.poll() is None:
+        assert time.time() < deadline, "the run did not reach its first checkpoint"
+        time.sleep(0.2)
+    assert process.poll() is None, process.stdout.read()[-3000:]
+    children = _training_processes(output_dir)
+    assert children, f"the training process was not found; launcher state {process.poll()}"
+
+    second = _cli(tmp_path, "--resume")
+    assert second.returncode == 2 and "being written by another training process" in second.stderr
+
+    os.kill(process.pid, signal.SIGTERM)  # what timeout, schedulers and `kill PID` do
+    process.wait(timeout=60)
+    deadline = time.time() + 60
+    while _training_processes(output_dir) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _training_processes(output_dir), "the training process outlived its launcher"
+    # the stop kept a complete checkpoint, and the run continues from it (fewer epochs: a safe change)
+    folder = latest_checkpoint(output_dir / "checkpoints")
+    epoch = json.loads((folder / "checkpoint.json").read_text())["epoch"]
+    resumed = run_cli(tmp_path, "--resume", f"synergy.epochs={epoch + 1}", "eval.every=0")
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out[-3000:]
+    assert json.loads((output_dir / "summary.json").read_text())["last_epoch"] == epoch + 1
