@@ -2,19 +2,20 @@
 
     python benchmarks/bench_map_paths.py [--threads 1] [--quick]
 
-Both are ``UCDIRAccuracyCalculator`` internals: ``_precision_sums_by_counting`` (binary search of
-non-relevant similarities among the sorted relevant ones) and ``_precision_sums_by_sorting``
-(a stable sort of every query block against the gallery, still used for ties and the VOC variant).
+Both are in ``tpsnet_plugin.evaluation.average_precision``: ``precision_sums_by_counting``
+(binary search of non-relevant similarities among the sorted relevant ones) and
+``precision_sums_by_sorting`` (a stable sort of every query block against the gallery, still used
+for the VOC variant).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from _common import format_table, machine_facts, measure, parse_args, write_json
 
 import tpsnet_plugin  # noqa: F401
-from _common import format_table, machine_facts, measure, parse_args, write_json
-from tpsnet_plugin.evaluation import UCDIRAccuracyCalculator
+from tpsnet_plugin.evaluation.average_precision import precision_sums_by_counting, precision_sums_by_sorting
 
 
 def main() -> None:
@@ -26,13 +27,9 @@ def main() -> None:
     gallery_labels = torch.randint(0, classes, (size,), generator=generator)
     query = F.normalize(centers[query_labels] + 2 * torch.randn(size, dim, generator=generator), dim=1)
     gallery = F.normalize(centers[gallery_labels] + 2 * torch.randn(size, dim, generator=generator), dim=1)
-    calculator = UCDIRAccuracyCalculator(knn="torch")
     repeats = 3
-    counting = measure(lambda: calculator._precision_sums_by_counting(query, gallery, query_labels, gallery_labels), repeats)
-    sorting = measure(
-        lambda: calculator._precision_sums_by_sorting(query, gallery, query_labels, gallery_labels, voc=False)["map_at_all"],
-        repeats,
-    )
+    counting = measure(lambda: precision_sums_by_counting(query, gallery, query_labels, gallery_labels), repeats)
+    sorting = measure(lambda: precision_sums_by_sorting(query, gallery, query_labels, gallery_labels)["ap"], repeats)
     gemm = measure(lambda: query @ gallery.T, repeats)
     difference = (counting.pop("value") - sorting.pop("value")).abs().max().item()
     gemm.pop("value")
@@ -43,7 +40,8 @@ def main() -> None:
     ]
     print(f"mAP@All precision sums, {size}x{size}, d={dim}, {classes} classes, median of {repeats}")
     print(format_table(["path", "median s", "extra MiB", "x GEMM"], rows))
-    print(f"sorting / counting = {sorting['median_s'] / counting['median_s']:.2f}; max |difference| of AP sums {difference:.2e}")
+    print(f"sorting / counting = {sorting['median_s'] / counting['median_s']:.2f}; "
+          f"max |difference| of AP sums {difference:.2e}")
     write_json(args.out, {
         "machine": machine_facts(), "benchmark": "bench_map_paths", "quick": args.quick,
         "setup": {"size": size, "dim": dim, "classes": classes, "threads": args.threads},

@@ -9,9 +9,10 @@ import argparse
 import json
 
 import numpy as np
+import torch
 
 from tpsnet_plugin.data import DOMAINS, load_domain
-from tpsnet_plugin.evaluation import evaluate_domains, format_table
+from tpsnet_plugin.evaluation import evaluate_domains, format_table, raw_pixel_features
 
 
 def main(argv=None) -> dict:
@@ -21,12 +22,12 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     features, labels, domains = [], [], []
     for d, name in enumerate(DOMAINS):
-        images, domain_labels = load_domain(name)
-        features.append(images.reshape(len(images), -1).astype(np.float32))
+        images, domain_labels = load_domain(name)  # N x 28 x 28 uint8
+        features.append(raw_pixel_features(torch.from_numpy(images)[:, None]))
         labels.append(domain_labels)
         domains.append(np.full(len(images), d))
     results = evaluate_domains(
-        np.concatenate(features), np.concatenate(labels), np.concatenate(domains), domain_names=DOMAINS, ks=tuple(args.ks)
+        torch.cat(features), np.concatenate(labels), np.concatenate(domains), domain_names=DOMAINS, ks=tuple(args.ks)
     )
     print(format_table(results))
     if args.json:

@@ -4,8 +4,9 @@
 
 ``--checkpoint`` is a run's output dir (it holds ``config.yaml`` and ``model/``). Gallery
 embeddings are cached under ``<checkpoint>/retrieval_cache/`` keyed by the gallery's file list,
-sizes and modification times, so a second query costs one forward pass. Neighbours come from a
-faiss inner-product index when faiss is installed, else from a torch matrix product.
+sizes and modification times and by a hash of the whole weights file, so a second query costs one
+forward pass and a retrained model never reuses stale embeddings. Neighbours are the exact top k
+by cosine similarity, ties broken by gallery order (faiss when installed, else torch).
 """
 
 from __future__ import annotations
@@ -25,15 +26,20 @@ from safetensors.torch import load_file
 
 from . import _torchvision_compat  # noqa: F401
 from .data import IMG_EXTENSIONS, default_transform
-from .models import TPSNet
-from .training.trainer import build_model
+from .evaluation.knn import top_k
+from .models import TPSNet, create_tpsnet
+from .utils.io import atomic_save_numpy
+
+_HASH_CHUNK = 1 << 20
 
 
 def load_trained_model(checkpoint: str | Path) -> tuple[TPSNet, dict]:
     """Load the final model of a run's output dir; returns ``(model, config)``."""
     checkpoint = Path(checkpoint)
     weights, meta_file, config_file = (
-        checkpoint / "model" / "model.safetensors", checkpoint / "model" / "model_meta.json", checkpoint / "config.yaml",
+        checkpoint / "model" / "model.safetensors",
+        checkpoint / "model" / "model_meta.json",
+        checkpoint / "config.yaml",
     )
     for path in (weights, meta_file, config_file):
         if not path.is_file():
@@ -43,10 +49,9 @@ def load_trained_model(checkpoint: str | Path) -> tuple[TPSNet, dict]:
             )
     config = yaml.safe_load(config_file.read_text())
     meta = json.loads(meta_file.read_text())
-    config["model"]["pretrained"] = False  # the trained weights replace any pretrained ones
-    config["model"]["checkpoint_path"] = None
-    config["model"]["phase_pretrained"] = False
-    model = build_model(config, meta["embed_dim"], meta["num_domains"], meta["num_clusters"])
+    # the trained weights replace any pretrained ones: build the architecture only
+    model = create_tpsnet(config["model"], meta["embed_dim"], meta["num_domains"],
+                          meta["num_clusters"], pretrained=False)
     model.load_state_dict(load_file(str(weights)))
     return model.eval(), config
 
@@ -82,33 +87,47 @@ def embed_images(model: TPSNet, paths: list[Path], image_size: int, batch_size: 
     return F.normalize(torch.cat(chunks), dim=-1)
 
 
-def gallery_embeddings(model: TPSNet, checkpoint: Path, gallery: Path, image_size: int) -> tuple[list[Path], torch.Tensor]:
-    """Embed the gallery, reusing the on-disk cache when the gallery has not changed."""
+def gallery_embeddings(
+    model: TPSNet, checkpoint: Path, gallery: Path, image_size: int
+) -> tuple[list[Path], torch.Tensor]:
+    """Embed the gallery, reusing the on-disk cache when neither the gallery nor the model changed."""
     paths = list_images(gallery)
-    key = hashlib.sha256(
-        "\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths).encode()
-        + (checkpoint / "model" / "model.safetensors").read_bytes()[:4096]
-    ).hexdigest()[:16]
-    cache = checkpoint / "retrieval_cache" / f"{key}.npy"
+    cache = checkpoint / "retrieval_cache" / f"{_cache_key(checkpoint, paths, image_size)}.npy"
     if cache.is_file():
-        return paths, torch.from_numpy(np.load(cache))
+        features = np.load(cache)
+        if features.shape[0] == len(paths):
+            return paths, torch.from_numpy(features)
     features = embed_images(model, paths, image_size)
     cache.parent.mkdir(exist_ok=True)
-    np.save(cache, features.numpy())
+    atomic_save_numpy(cache, features.numpy())
     return paths, features
 
 
-def search(gallery: torch.Tensor, queries: torch.Tensor, topk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k inner-product neighbours: ``(scores, indices)``, each Q×k."""
-    topk = min(topk, len(gallery))
+def _cache_key(checkpoint: Path, paths: list[Path], image_size: int) -> str:
+    """Hash of the gallery files (path, size, mtime), the image size and the whole weights file.
+
+    The weights are hashed in full: retraining into the same dir gives a file of the same size
+    and header, so only its content tells two models apart.
+    """
+    digest = hashlib.sha256()
+    with open(checkpoint / "model" / "model.safetensors", "rb") as weights:
+        for chunk in iter(lambda: weights.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    digest.update(f"image_size={image_size}\n".encode())
+    for p in paths:
+        stat = p.stat()
+        digest.update(f"{p}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _positive_int(value: str) -> int:
     try:
-        import faiss
-    except ImportError:
-        scores, indices = (queries @ gallery.T).topk(topk, dim=1)
-        return scores.numpy(), indices.numpy()
-    index = faiss.IndexFlatIP(gallery.shape[1])
-    index.add(np.ascontiguousarray(gallery.numpy(), dtype=np.float32))
-    return index.search(np.ascontiguousarray(queries.numpy(), dtype=np.float32), topk)
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def main(argv=None) -> list[dict]:
@@ -116,7 +135,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--checkpoint", required=True, help="output dir of a finished training run")
     parser.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
     parser.add_argument("--query", required=True, nargs="+", help="query image file(s)")
-    parser.add_argument("--topk", type=int, default=10)
+    parser.add_argument("--topk", type=_positive_int, default=10, help="neighbours per query (>= 1)")
     parser.add_argument("--grid", help="write the queries and their top-k as an image grid (PNG)")
     args = parser.parse_args(argv)
 
@@ -126,7 +145,7 @@ def main(argv=None) -> list[dict]:
     paths, gallery = gallery_embeddings(model, checkpoint, Path(args.gallery), size)
     query_paths = [Path(q) for q in args.query]
     queries = embed_images(model, query_paths, size)
-    scores, indices = search(gallery, queries, args.topk)
+    scores, indices = (x.numpy() for x in top_k(queries, gallery, args.topk))
     results = []
     for query, row_scores, row_indices in zip(query_paths, scores, indices):
         hits = [{"path": str(paths[i]), "score": float(s)} for s, i in zip(row_scores, row_indices)]

@@ -300,28 +300,3 @@ def test_map_rank_counting_path_matches_the_stable_reference(make_data):
     sim = similarities(data[0], data[2])
     result = accuracy(data, "torch", ks=(1,), batch_size=7)
     assert result["map_at_all"] == pytest.approx(ref_map(sim, data[1], data[3]))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_rank_keys_order_like_the_stable_descending_sort(dtype):
-    from tpsnet_plugin.evaluation.accuracy_calculator import _rank_key_shift, _rank_keys
-
-    # Exact ties, zeros of both signs, powers of two and their float neighbours (where the gap to
-    # the next lower value halves), denormal-sized values and extremes, repeated across the row.
-    special = torch.tensor([1.0, 0.5, 0.25, -0.5, -1.0, 0.0, -0.0, 1e-30, -1e-30, 0.3, 0.3], dtype=dtype)
-    neighbours = torch.cat([torch.nextafter(special, torch.full_like(special, 2.0)),
-                            torch.nextafter(special, torch.full_like(special, -2.0))])
-    values = torch.cat([special, neighbours, torch.rand(200, dtype=torch.float32).to(dtype) * 2 - 1])
-    row = values[torch.randperm(len(values), generator=torch.Generator().manual_seed(0))].repeat(3)
-    index = torch.arange(len(row))
-    keys = _rank_keys(row[None], index, _rank_key_shift(len(row)))[0]
-    assert len(torch.unique(keys)) == len(row)
-    expected = row.float().sort(descending=True, stable=True).indices
-    assert torch.equal(keys.sort(descending=True).indices, expected)
-
-
-def test_rank_key_shift_limits():
-    from tpsnet_plugin.evaluation.accuracy_calculator import _rank_key_shift
-
-    assert _rank_key_shift(1) == 2 and _rank_key_shift(4) == 4 and _rank_key_shift(5) == 5
-    assert _rank_key_shift(2**26) == 28 and _rank_key_shift(2**26 + 1) is None

@@ -83,14 +83,37 @@ def test_clear_errors():
         ImageTextCrossEntropyLoss(NUM_CLUSTERS, label_smoothing=1.0)
 
 
-def test_distributed_wrapper_world_of_one(gloo_world_of_one):
-    embeddings, labels, text = make_case(3)
+def rank_batch(rank):
+    """Rank ``rank``'s own embeddings and labels; the text features are shared."""
+    embeddings, labels, _ = make_case(10 + rank)
+    return embeddings, labels.roll(2 * rank)
+
+
+def wrapped_loss_on_rank(rank, world_size):
+    embeddings, labels = rank_batch(rank)
+    embeddings.requires_grad_(True)
     loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS, logit_scale=10.0)
-    loss.set_text_features(text)
+    loss.set_text_features(make_case(3)[2])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the wrapper warns when it finds no process group
-        wrapped = DistributedLossWrapper(loss)(embeddings, labels)
-    torch.testing.assert_close(wrapped, loss(embeddings, labels))
+        value = DistributedLossWrapper(loss)(embeddings, labels)
+    value.backward()
+    return value.detach(), embeddings.grad
+
+
+def test_distributed_wrapper_equals_one_process_over_the_gathered_batch(two_gloo_ranks):
+    results = two_gloo_ranks(wrapped_loss_on_rank)
+    batches = [rank_batch(rank) for rank in range(len(results))]
+    embeddings = torch.cat([b[0] for b in batches]).requires_grad_(True)
+    loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS, logit_scale=10.0)
+    loss.set_text_features(make_case(3)[2])
+    expected = loss(embeddings, torch.cat([b[1] for b in batches]))
+    (grad,) = torch.autograd.grad(expected, embeddings)
+    size = len(batches[0][0])
+    for rank, (value, rank_grad) in enumerate(results):
+        # scaled by the world size, so that DDP's mean over ranks is the global batch's gradient
+        torch.testing.assert_close(value, len(results) * expected.detach())
+        torch.testing.assert_close(rank_grad, len(results) * grad[rank * size:(rank + 1) * size])
 
 
 def test_finite_and_float32_inside_autocast_and_half_inputs():

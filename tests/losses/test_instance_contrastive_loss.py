@@ -94,14 +94,35 @@ def test_clear_errors():
                                   ref_labels=torch.ones(4, dtype=torch.long))
 
 
-def test_distributed_wrapper_world_of_one(gloo_world_of_one):
-    view1, view2 = make_views(6, seed=4)
-    domains = torch.tensor([0, 1, 0, 1, 0, 1])
+def rank_batch(rank):
+    """Rank ``rank``'s own two views and domains."""
+    view1, view2 = make_views(6, seed=10 + rank, dtype=torch.float64)
+    return view1, view2, torch.tensor([0, 1, 0, 1, 1, 1]).roll(rank)
+
+
+def wrapped_loss_on_rank(rank, world_size):
+    view1, view2, domains = rank_batch(rank)
     loss = InstanceContrastiveLoss(0.1, within_domain=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the wrapper warns when it finds no process group
-        wrapped = DistributedLossWrapper(loss)(view1, domains, ref_emb=view2)
-    torch.testing.assert_close(wrapped, loss(view1, domains, ref_emb=view2))
+        value = DistributedLossWrapper(loss)(view1, domains, ref_emb=view2)
+    value.backward()
+    return value.detach(), view1.grad, view2.grad
+
+
+def test_distributed_wrapper_equals_one_process_over_the_gathered_batch(two_gloo_ranks):
+    results = two_gloo_ranks(wrapped_loss_on_rank)
+    batches = [rank_batch(rank) for rank in range(len(results))]
+    view1, view2, domains = (torch.cat(parts) for parts in zip(*batches))
+    view1, view2 = (v.detach().requires_grad_(True) for v in (view1, view2))
+    expected = InstanceContrastiveLoss(0.1, within_domain=True)(view1, domains, ref_emb=view2)
+    grads = torch.autograd.grad(expected, [view1, view2])
+    rows = [slice(rank * 6, (rank + 1) * 6) for rank in range(len(results))]
+    for rank, (value, *rank_grads) in enumerate(results):
+        # scaled by the world size, so that DDP's mean over ranks is the global batch's gradient
+        torch.testing.assert_close(value, len(results) * expected.detach())
+        for got, full in zip(rank_grads, grads):
+            torch.testing.assert_close(got, len(results) * full[rows[rank]])
 
 
 def test_finite_and_float32_inside_autocast_and_half_inputs():

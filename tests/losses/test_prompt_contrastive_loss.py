@@ -88,14 +88,44 @@ def test_requires_prompt_features_and_labels():
         loss(images, labels, ref_emb=texts)
 
 
-def test_distributed_wrapper_world_of_one(gloo_world_of_one):
-    images, labels, texts = make_case(3)
+def rank_batch(rank):
+    """Rank ``rank``'s own images and labels; the prompt table (D·C rows) is shared."""
+    images, labels, _ = make_case(10 + rank)
+    return images, labels.roll(3 * rank)
+
+
+def wrapped_loss_on_rank(rank, world_size):
+    images, labels = rank_batch(rank)
+    table = make_case(3)[2].requires_grad_(True)
+    images.requires_grad_(True)
     loss = PromptContrastiveLoss(logit_scale=10.0)
-    args = (images, labels, None, texts, torch.arange(6))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the wrapper warns when it finds no process group
-        wrapped = DistributedLossWrapper(loss)(*args)
-    torch.testing.assert_close(wrapped, loss(*args))
+        # per-sample prompts, the documented convention under the wrapper
+        value = DistributedLossWrapper(loss)(images, labels, ref_emb=table[labels], ref_labels=labels)
+    value.backward()
+    return value.detach(), images.grad, table.grad
+
+
+def test_distributed_wrapper_equals_one_process_over_the_gathered_batch(two_gloo_ranks):
+    results = two_gloo_ranks(wrapped_loss_on_rank)
+    batches = [rank_batch(rank) for rank in range(len(results))]
+    images = torch.cat([b[0] for b in batches]).requires_grad_(True)
+    labels = torch.cat([b[1] for b in batches])
+    # one copy of the prompt table per rank: its gradient through that rank's rows
+    tables = [make_case(3)[2].requires_grad_(True) for _ in batches]
+    ref = torch.cat([table[b[1]] for table, b in zip(tables, batches)])
+    expected = PromptContrastiveLoss(logit_scale=10.0)(images, labels, ref_emb=ref, ref_labels=labels)
+    image_grad, *table_grads = torch.autograd.grad(expected, [images, *tables])
+    size = len(batches[0][0])
+    for rank, (value, rank_image_grad, rank_table_grad) in enumerate(results):
+        # scaled by the world size, so that DDP's mean over ranks is the global batch's gradient
+        # (float32 inside: the gathered rows come in another order than here)
+        close = dict(rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(value, len(results) * expected.detach(), **close)
+        torch.testing.assert_close(rank_image_grad,
+                                   len(results) * image_grad[rank * size:(rank + 1) * size], **close)
+        torch.testing.assert_close(rank_table_grad, len(results) * table_grads[rank], **close)
 
 
 def test_finite_and_float32_inside_autocast_and_half_inputs():

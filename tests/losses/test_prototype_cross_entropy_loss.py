@@ -100,17 +100,39 @@ def test_clear_errors():
         loss(embeddings, labels, ref_emb=embeddings.clone(), ref_labels=labels)
 
 
-def test_distributed_wrapper_world_of_one(gloo_world_of_one):
-    embeddings, labels, centroids = make_case(3)
-    loss = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH)
-    loss.init_prototypes(centroids)
-    plain = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH)
-    plain.init_prototypes(centroids)
+def rank_batch(rank):
+    """Rank ``rank``'s own embeddings and labels (cluster 3 only on rank 1)."""
+    embeddings, labels, _ = make_case(10 + rank)
+    return embeddings, torch.where(labels == 1, 3, labels) if rank else labels
+
+
+def wrapped_loss_on_rank(rank, world_size):
+    embeddings, labels = rank_batch(rank)
+    embeddings.requires_grad_(True)
+    loss = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH, momentum=0.5)
+    loss.init_prototypes(make_case(3)[2])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the wrapper warns when it finds no process group
-        wrapped = DistributedLossWrapper(loss)(embeddings, labels)
-    torch.testing.assert_close(wrapped, plain(embeddings, labels))
-    torch.testing.assert_close(loss.prototypes, plain.prototypes)
+        value = DistributedLossWrapper(loss)(embeddings, labels)
+    value.backward()
+    return value.detach(), embeddings.grad, loss.prototypes
+
+
+def test_distributed_wrapper_equals_one_process_over_the_gathered_batch(two_gloo_ranks):
+    results = two_gloo_ranks(wrapped_loss_on_rank)
+    batches = [rank_batch(rank) for rank in range(len(results))]
+    embeddings = torch.cat([b[0] for b in batches]).requires_grad_(True)
+    loss = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH, momentum=0.5)
+    loss.init_prototypes(make_case(3)[2])
+    expected = loss(embeddings, torch.cat([b[1] for b in batches]))
+    (grad,) = torch.autograd.grad(expected, embeddings)
+    size = len(batches[0][0])
+    for rank, (value, rank_grad, prototypes) in enumerate(results):
+        # scaled by the world size, so that DDP's mean over ranks is the global batch's gradient
+        torch.testing.assert_close(value, len(results) * expected.detach())
+        torch.testing.assert_close(rank_grad, len(results) * grad[rank * size:(rank + 1) * size])
+        # every rank moved its prototypes with the whole gathered batch
+        torch.testing.assert_close(prototypes, loss.prototypes)
 
 
 def test_finite_and_float32_inside_autocast_and_half_inputs():

@@ -176,3 +176,49 @@ def test_bad_arguments():
         PseudoLabelSampler(labels.astype(float), domains, batch_size=8, m=4)
     sampler = PseudoLabelSampler(labels, domains, batch_size=8, m=4)
     assert (sampler.num_replicas, sampler.rank) == (1, 0)  # torch.distributed not initialised
+
+
+def cluster_sequence(sampler, labels, m):
+    """Cluster of every group of every batch of the current epoch, in order."""
+    return [[int(labels[group[0]]) for group in groups_of(batch, m)] for batch in sampler]
+
+
+def test_clusters_are_drawn_in_proportion_to_their_groups_left():
+    # One big cluster (24 groups of m = 2) and four small ones (2 groups each). Drawing one group
+    # per batch in proportion to the groups left is drawing a uniformly random remaining group:
+    # at every position of the epoch the big cluster has probability 24 / 32. Drawing clusters
+    # uniformly would give it 1 / 5 early in the epoch and all of the end.
+    m, sizes = 2, {0: 48, 1: 4, 2: 4, 3: 4, 4: 4}
+    labels, domains = make_labels({k: [n // 2, n - n // 2] for k, n in sizes.items()}, seed=3)
+    groups = {k: n // m for k, n in sizes.items()}
+    total = sum(groups.values())
+    sampler = PseudoLabelSampler(labels, domains, batch_size=m, m=m, seed=5)
+    epochs = 300
+    counts = np.zeros((total, len(sizes)))
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        sequence = cluster_sequence(sampler, labels, m)
+        assert len(sequence) == total
+        for position, (cluster,) in enumerate(sequence):
+            counts[position, cluster] += 1
+    expected = np.array([groups[k] / total for k in sorted(groups)])
+    quarter = total // 4
+    for window in (slice(0, quarter), slice(total - quarter, total)):
+        frequency = counts[window].sum(0) / counts[window].sum()
+        np.testing.assert_allclose(frequency, expected, atol=0.04)
+
+    # Several clusters per batch: successive draws without replacement, each in proportion to the
+    # groups left of the clusters not yet in the batch. Exact inclusion probability of each
+    # cluster in the first batch of an epoch, from every ordered pair of draws:
+    p = expected
+    inclusion = [p[k] + sum(p[j] * p[k] / (1 - p[j]) for j in range(len(p)) if j != k)
+                 for k in range(len(p))]
+    sampler = PseudoLabelSampler(labels, domains, batch_size=2 * m, m=m, seed=6)
+    first = np.zeros(len(sizes))
+    epochs = 1000
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        first_batch = cluster_sequence(sampler, labels, m)[0]
+        assert len(set(first_batch)) == 2
+        first[first_batch] += 1
+    np.testing.assert_allclose(first / epochs, inclusion, atol=0.05)

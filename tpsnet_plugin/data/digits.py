@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import difflib
 import io
+from collections.abc import Callable
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
+
+from ..evaluation.baseline import raw_pixel_features as _gray_pixel_features
 
 DOMAINS = ("handwritten-uci", "handwritten-mnist", "printed", "handwriting-fonts")
 CLASSES = tuple(str(digit) for digit in range(10))
@@ -122,7 +125,7 @@ def raw_pixel_features(domain: str, image_size: int = 28) -> np.ndarray:
         image_size: Side the images are resized to before flattening.
 
     Returns:
-        float32 array N x (image_size * image_size), values in [0, 1].
+        float32 array N x (image_size * image_size), values in [0, 1] (not normalised).
     """
     images = DigitsDomain(domain, image_size=image_size, channels=1).images_tensor()
-    return images.reshape(len(images), -1).numpy()
+    return _gray_pixel_features(images, normalize=False).numpy()

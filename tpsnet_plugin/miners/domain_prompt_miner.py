@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pytorch_metric_learning.miners import BaseMiner
 
+from ..text_prior.relabel import relabel_with_prompts
 from ..utils import decode_domain_labels, encode_domain_labels
 
 
@@ -14,7 +14,8 @@ class DomainPromptMiner(BaseMiner):
 
     Labels are combined ``domain * num_clusters + cluster`` labels (see
     :func:`tpsnet_plugin.utils.encode_domain_labels`), so the miner drops into any pml call.
-    Each sample's cluster is first refined with the text prior: with ``T_d`` the ``C`` prompt
+    Each sample's cluster is first refined with the text prior
+    (:func:`~tpsnet_plugin.text_prior.relabel_with_prompts`): with ``T_d`` the ``C`` prompt
     features of the sample's domain, ``p = softmax(logit_scale * cos(embedding, T_d))``; where
     ``max(p) >= threshold`` the cluster becomes ``argmax(p)``, elsewhere the label's cluster is
     kept. Without text features the labels are used as given.
@@ -93,26 +94,10 @@ class DomainPromptMiner(BaseMiner):
             Long tensor of shape (N,) with the refined combined labels (same domains).
         """
         domains, clusters = decode_domain_labels(labels, self.num_clusters)
-        if self.text_features is None or len(labels) == 0:
-            return encode_domain_labels(domains, clusters, self.num_clusters)
-        text = self.text_features.to(device=embeddings.device, dtype=embeddings.dtype)
-        num_domains, _, width = text.shape
-        if embeddings.shape[1] != width:
-            raise ValueError(
-                f"embeddings have size {embeddings.shape[1]} but text_features have size {width}"
-            )
-        if int(domains.max()) >= num_domains:
-            raise ValueError(
-                f"labels contain domain {int(domains.max())} but text_features cover "
-                f"{num_domains} domains; check num_clusters={self.num_clusters} and the labels"
-            )
-        # One matmul against all D*C prompts, then keep the block of each sample's own domain.
-        sims = F.normalize(embeddings, dim=1) @ F.normalize(text, dim=2).reshape(-1, width).T
-        sims = sims.view(len(labels), num_domains, self.num_clusters)
-        sims = sims[torch.arange(len(labels), device=sims.device), domains]
-        confidence, argmax = torch.softmax(self.logit_scale * sims, dim=1).max(dim=1)
-        refined = torch.where(confidence >= self.threshold, argmax, clusters)
-        return encode_domain_labels(domains, refined, self.num_clusters)
+        if self.text_features is not None:
+            clusters = relabel_with_prompts(embeddings, self.text_features, domains, clusters,
+                                            self.logit_scale, self.threshold)
+        return encode_domain_labels(domains, clusters, self.num_clusters)
 
     def mine(self, embeddings, labels, ref_emb, ref_labels):
         refined = self.refine(embeddings, labels)
