@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import format_table, measure, parse_args, write_json  # noqa: E402
+
 import tpsnet_plugin  # noqa: E402,F401  (torchvision fix first)
 from tpsnet_plugin.evaluation import cross_domain_retrieval  # noqa: E402
-
-from _common import format_table, measure, parse_args, write_json  # noqa: E402
 
 KS = (1, 5, 15)
 DIM = 512

@@ -62,8 +62,8 @@ def phase_first(model: nn.Module) -> nn.Module:
     backbone = model.backbone
 
     def forward_parts(x):
-        phase = backbone._phase_branch(x)
-        rgb = backbone._rgb_branch(x)
+        phase = backbone.phase_branch(x)
+        rgb = backbone.rgb_branch(x)
         z = backbone.norm(torch.stack([rgb, phase], dim=1))
         z = z + backbone.attn(z, z, z, need_weights=False)[0]
         return {"rgb": rgb, "phase": phase, "tokens": z, "fused": backbone.forward_head(z)}

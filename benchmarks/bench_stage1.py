@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import PeakRSS, format_table, measure, parse_args, write_json  # noqa: E402
+
 import tpsnet_plugin  # noqa: E402,F401
 from tpsnet_plugin.losses import PromptContrastiveLoss  # noqa: E402
 from tpsnet_plugin.text_prior import TINY_CLIP_MODEL, DomainPromptLearner  # noqa: E402
 from tpsnet_plugin.training import PromptStage, SynergyStage, TPSNetTrainer, load_config  # noqa: E402
 from tpsnet_plugin.utils import encode_domain_labels  # noqa: E402
-
-from _common import PeakRSS, format_table, measure, parse_args, write_json  # noqa: E402
 
 
 def stage1_steps(learner, features, domains, labels, batch_size: int, lr: float,

@@ -33,11 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tpsnet_plugin  # noqa: E402,F401
+
+# isort: split
 import timm  # noqa: E402
+from _common import format_table, measure, parse_args, write_json  # noqa: E402
+
 from tpsnet_plugin.backbones import PhasePriorBackbone  # noqa: E402
 from tpsnet_plugin.models import TPSNet  # noqa: E402
-
-from _common import format_table, measure, parse_args, write_json  # noqa: E402
 
 EMBED = 512
 NUM_DOMAINS, NUM_CLUSTERS = 2, 65

@@ -23,9 +23,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tpsnet_plugin.training import TPSNetTrainer  # noqa: E402
-
 from _common import RESULTS_DIR, write_json  # noqa: E402
+
+from tpsnet_plugin.training import TPSNetTrainer  # noqa: E402
 
 
 def confusions(features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, names: list[str],

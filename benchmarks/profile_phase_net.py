@@ -21,6 +21,8 @@ if not torch.cuda.is_available():
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tpsnet_plugin  # noqa: E402,F401  (its torchvision fix must run before timm is imported)
+
+# isort: split
 import timm  # noqa: E402
 from bench_step import make_step, measure_interleaved  # noqa: E402
 

@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader
 
 import tpsnet_plugin  # noqa: F401  (torchvision fix before timm)
 from tpsnet_plugin.backbones import PhasePriorBackbone
+from tpsnet_plugin.clustering import ClusterPseudoLabeler
 from tpsnet_plugin.data import DigitsDomain, MultiDomainDataset
 from tpsnet_plugin.evaluation import UCDIRAccuracyCalculator
 from tpsnet_plugin.losses import ImageTextCrossEntropyLoss
 from tpsnet_plugin.miners import DomainPromptMiner
-from tpsnet_plugin.clustering import ClusterPseudoLabeler
 from tpsnet_plugin.samplers import PseudoLabelSampler
 from tpsnet_plugin.utils import encode_domain_labels
 

@@ -10,8 +10,11 @@ import torch
 from torch import nn
 
 import tpsnet_plugin  # noqa: F401
+
+# isort: split
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
 from tpsnet_plugin.backbones import PhasePriorBackbone, phase_only
 
 EMBED = 32

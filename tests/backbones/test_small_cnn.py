@@ -4,7 +4,10 @@ import pytest
 import torch
 
 import tpsnet_plugin.backbones  # noqa: F401  (registers small_cnn)
+
+# isort: split
 import timm
+
 from tpsnet_plugin.backbones import SmallCNN
 
 

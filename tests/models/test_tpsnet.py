@@ -7,7 +7,10 @@ import torch
 import torch.nn.functional as F
 
 import tpsnet_plugin  # noqa: F401
+
+# isort: split
 import timm
+
 from tpsnet_plugin.backbones import PhasePriorBackbone
 from tpsnet_plugin.models import TPSNet
 

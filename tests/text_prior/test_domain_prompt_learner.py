@@ -10,8 +10,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import tpsnet_plugin  # noqa: E402,F401
+
+# isort: split
 import open_clip  # noqa: E402
 from open_clip.model import CustomTextCLIP  # noqa: E402
+
 from tpsnet_plugin.losses import PromptContrastiveLoss  # noqa: E402
 from tpsnet_plugin.text_prior import TINY_CLIP_MODEL, DomainPromptLearner  # noqa: E402
 

@@ -6,13 +6,12 @@ import difflib
 import os
 from typing import Any
 
+import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .. import _torchvision_compat  # noqa: F401  (before timm)
-import timm
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
 from . import small_cnn as _small_cnn  # noqa: F401  (registers "small_cnn" with timm)
 from .phase import phase_only
 
@@ -205,8 +204,7 @@ class PhasePriorBackbone(nn.Module):
         self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True) if fusion else None
         if self.attn is not None:
             # Start the residual fusion as the identity (ReZero-style): a randomly initialised
-            # attention scrambles the tokens of a from-scratch backbone (Digits, 150 instance-loss
-            # steps, one seed: P@1 64/73 random vs 67/77 zero-initialised); training grows the mixing.
+            # attention scrambles the tokens of a from-scratch backbone; training grows the mixing.
             nn.init.zeros_(self.attn.out_proj.weight)
 
     def _check_images(self, x: torch.Tensor) -> None:
@@ -228,18 +226,20 @@ class PhasePriorBackbone(nn.Module):
             ``tokens`` (Z', B×T×e) and ``fused`` (I_f, B×e).
         """
         self._check_images(x)
-        rgb = self._rgb_branch(x)
-        phase = self._phase_branch(x) if self.phase_model is not None else None
+        rgb = self.rgb_branch(x)
+        phase = self.phase_branch(x) if self.phase_model is not None else None
         tokens = [rgb] if phase is None else [rgb, phase]
         z = self.norm(torch.stack(tokens, dim=1))
         if self.attn is not None:
             z = z + self.attn(z, z, z, need_weights=False)[0]
         return {"rgb": rgb, "phase": phase, "tokens": z, "fused": self.forward_head(z)}
 
-    def _rgb_branch(self, x: torch.Tensor) -> torch.Tensor:
+    def rgb_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """I_rgb (B×e): the RGB network's pooled features, projected, for images in [0, 1]."""
         return self.rgb_proj(_pooled_features(self.rgb_model, (x - self.rgb_mean) / self.rgb_std))
 
-    def _phase_branch(self, x: torch.Tensor) -> torch.Tensor:
+    def phase_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """I_pha (B×e): the phase network's pooled features of the phase-only image, projected."""
         phase_image = phase_only(x, self.phase_amplitude).to(x.dtype)
         phase_image = (phase_image - self.phase_mean) / self.phase_std
         return self.phase_proj(_pooled_features(self.phase_model, phase_image))

@@ -11,14 +11,15 @@ swapped by name like any timm model::
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
+from timm.layers import ClassifierHead, ConvNormAct
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
 from .. import _torchvision_compat  # noqa: F401  (before timm)
-from timm.layers import ClassifierHead, ConvNormAct
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 __all__ = ["SmallCNN"]
 

@@ -6,7 +6,8 @@ and the benchmarks all build their networks here.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -22,13 +22,13 @@ import difflib
 import os
 from pathlib import Path
 
+import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.model import CLIP, CustomTextCLIP
 from torch import nn
 
 from .. import _torchvision_compat  # noqa: F401  (before open_clip)
-import open_clip
-from open_clip.model import CLIP, CustomTextCLIP
 
 __all__ = ["DomainPromptLearner", "TINY_CLIP_MODEL"]
 

@@ -7,7 +7,7 @@ and one ``grid_sample`` for the whole batch cost about as much as a single image
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -15,8 +15,9 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from accelerate import Accelerator

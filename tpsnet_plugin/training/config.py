@@ -10,12 +10,12 @@ from __future__ import annotations
 import copy
 import difflib
 import warnings
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
-
 
 # Old key -> new key; accepted for one release (0.2) with a FutureWarning.
 RENAMED_KEYS = {

@@ -7,9 +7,10 @@ trainers (``loss_funcs``, ``mining_funcs``, ``loss_weights``); a term with weigh
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState

@@ -8,8 +8,9 @@ losses see carries no labels at all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +27,8 @@ from ..evaluation import evaluate_domains, mean_metrics
 from ..evaluation.baseline import raw_pixel_features
 from ..models import TPSNet, create_tpsnet
 from ..text_prior import DomainPromptLearner
-from .augment import BatchAugment
 from ..utils.io import atomic_write_text
+from .augment import BatchAugment
 from .checkpoint import (
     check_resume_compatible,
     latest_checkpoint,
@@ -39,8 +40,8 @@ from .config import default_config, merge_config, validate_config
 from .data import build_dataset, cache_images, dataset_fingerprint, images_as_float, unlabelled_view
 from .hooks import CheckpointHook, EvaluationHook, LoggingHook, ReclusterHook
 from .progress import progress
-from .run_dir import OutputDirLock, check_output_dir, remove_run_artifacts
 from .reporting import build_summary, export_model, write_records, write_summary
+from .run_dir import OutputDirLock, check_output_dir, remove_run_artifacts
 from .setup import build_accelerator, build_losses, build_optimizer
 from .stages import ClusteringStage, PromptStage, Stage, SynergyStage, WarmupStage
 from .state import STAGE_ORDER, PromptContext, TrainingState
