@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine: `make demo` (main job on the embedded Digits data) and
 # `make test`. Both create .venv when missing and install the package with the CPU constraints.
-# `python -m accelerate.commands.launch` is `accelerate launch`; the module form imports no timm before
-# the package's torchvision fix, which CPU-only torch beside PyPI's CUDA torchvision needs.
+# `make demo` is the README's `accelerate launch` command. On a CPU-only install (CPU torch beside PyPI's CUDA
+# torchvision) it works because the install adds a start-up hook (.pth) that fixes torchvision on its first import.
 PYTHON ?= python3
 VENV ?= .venv
 EXTRAS ?= cpu,test
@@ -22,7 +22,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints-cpu.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/python -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no \
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \
 		--dynamo_backend no --num_cpu_threads_per_process $(THREADS) examples/train_ucdir.py $(ARGS)
 
 test: install
