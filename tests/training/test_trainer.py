@@ -57,9 +57,15 @@ def test_fit_writes_summary_metrics_and_model(tmp_path):
         assert set(metrics) == {"precision_at_1", "precision_at_5", "precision_at_15", "map_at_all"}
         assert all(0 <= v <= 100 for v in metrics.values())
     assert summary["oracle_best"]["epoch"] in (1, 2, 3) and "oracle" in summary["oracle_best"]["note"]
-    assert set(summary["raw_pixel_baseline"]) == directions
+    assert summary["baseline"]["kind"] == "raw_pixels" and set(summary["baseline"]["results"]) == directions
+    assert summary["raw_pixel_baseline"] == summary["baseline"]["results"]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["epoch"], r["direction"]) for r in lines] == [(e, d) for e in (1, 2, 3) for d in sorted(directions)]
+    assert [(r["stage"], r["epoch"], r["direction"]) for r in lines] == [
+        ("baseline", 0, d) for d in sorted(directions)] + [("synergy", e, d) for e in (1, 2, 3) for d in sorted(directions)]
+    # the label-free epoch is chosen by the recorded score, without labels
+    scores = {r["epoch"]: r["label_free_score"] for r in lines if r["stage"] == "synergy"}
+    assert all(0 <= s <= 100 for s in scores.values())
+    assert summary["label_free_best"]["epoch"] == max(scores, key=scores.get)
     assert json.loads((run / "summary.json").read_text())["last"] == summary["last"]
     # one clustering after the warm-up, one re-clustering at stage-2 epoch 2 (recluster_every 2, none at the end)
     clusterings = [json.loads(line) for line in (run / "clustering.jsonl").read_text().splitlines()]

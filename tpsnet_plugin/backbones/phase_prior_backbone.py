@@ -234,9 +234,13 @@ class PhasePriorBackbone(nn.Module):
             z = z + self.attn(z, z, z, need_weights=False)[0]
         return {"rgb": rgb, "phase": phase, "tokens": z, "fused": self.forward_head(z)}
 
+    def rgb_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The RGB network's own pooled features (B×num_features) for images in [0, 1], before any new head."""
+        return _pooled_features(self.rgb_model, (x - self.rgb_mean) / self.rgb_std)
+
     def rgb_branch(self, x: torch.Tensor) -> torch.Tensor:
         """I_rgb (B×e): the RGB network's pooled features, projected, for images in [0, 1]."""
-        return self.rgb_proj(_pooled_features(self.rgb_model, (x - self.rgb_mean) / self.rgb_std))
+        return self.rgb_proj(self.rgb_features(x))
 
     def phase_branch(self, x: torch.Tensor) -> torch.Tensor:
         """I_pha (B×e): the phase network's pooled features of the phase-only image, projected."""

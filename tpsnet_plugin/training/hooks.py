@@ -59,7 +59,8 @@ class EvaluationHook(EndOfEpochHook):
     """Evaluate every ordered domain pair and record the result (always after the last epoch)."""
 
     def run(self, trainer, stage) -> None:
-        trainer.record_evaluation(trainer.evaluate(trainer.epoch_embeddings()))
+        embeddings = trainer.epoch_embeddings()
+        trainer.record_evaluation(trainer.evaluate(embeddings), trainer.label_free_score(embeddings))
 
 
 class CheckpointHook(EndOfEpochHook):

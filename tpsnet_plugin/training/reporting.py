@@ -12,7 +12,7 @@ from ..utils.io import atomic_write_text
 
 
 def write_records(output_dir: str | Path, history: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``metrics.jsonl`` (one line per evaluation and direction) and ``clustering.jsonl``.
+    """Write ``metrics.jsonl`` (one line per evaluation and direction, the baseline first) and ``clustering.jsonl``.
 
     Rewritten whole from the history (which resume restores), so a resumed run has no gaps or repeats.
     """
@@ -20,33 +20,40 @@ def write_records(output_dir: str | Path, history: Sequence[Mapping[str, Any]]) 
     for record in history:
         if "clustering" in record:
             clusterings.append(json.dumps({"stage": record["stage"], "epoch": record["epoch"], **record["clustering"]}))
-            continue
-        for direction, metrics in record["results"].items():
-            evaluations.append(json.dumps({
-                "stage": record["stage"], "epoch": record["epoch"], "direction": direction,
-                "metrics": metrics, "pseudo_label_nmi": record["pseudo_label_nmi"],
-            }))
+        elif "baseline" in record:
+            for direction, metrics in record["baseline"]["results"].items():
+                evaluations.append(json.dumps({
+                    "stage": "baseline", "epoch": 0, "direction": direction, "metrics": metrics,
+                    "baseline": record["baseline"]["kind"],
+                }))
+        else:
+            for direction, metrics in record["results"].items():
+                evaluations.append(json.dumps({
+                    "stage": record["stage"], "epoch": record["epoch"], "direction": direction,
+                    "metrics": metrics, "pseudo_label_nmi": record["pseudo_label_nmi"],
+                    "label_free_score": record.get("label_free_score"),
+                }))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, lines in (("metrics.jsonl", evaluations), ("clustering.jsonl", clusterings)):
         atomic_write_text(output_dir / name, "".join(line + "\n" for line in lines))
 
 
-def build_summary(
-    history: Sequence[Mapping[str, Any]],
-    *,
-    first_k: int,
-    domain_names: Sequence[str],
-    raw_pixel_baseline: Mapping[str, Mapping[str, float]] | None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The run's summary: last-epoch results, the oracle-best epoch (flagged), clusterings, baseline.
+LABEL_FREE_CRITERION = (
+    "epoch with the best mean pseudo-label P@1 across domains: the share of queries whose top-1 neighbour in "
+    "another domain has the same aligned cluster id (uses no labels)"
+)
+
+
+def build_summary(history: Sequence[Mapping[str, Any]], *, first_k: int, domain_names: Sequence[str],
+                  **extra: Any) -> dict[str, Any]:
+    """The run's summary: last-epoch results, the baseline, the label-free and oracle-best epochs.
 
     Args:
         history: The training state's records.
-        first_k: The first P@k cut-off; the oracle-best epoch has the best mean P@first_k.
+        first_k: The first P@k cut-off: the oracle-best epoch has the best mean P@first_k, and the
+            run is flagged when its last mean P@first_k is not above the baseline's.
         domain_names: Domain names in dataset order.
-        raw_pixel_baseline: Raw-pixel retrieval results, or None when images are not cached.
         **extra: Further entries (wall time, process count, config).
     """
     evaluated = [r for r in history if "results" in r and r["stage"] == "synergy"]
@@ -54,11 +61,33 @@ def build_summary(
         raise RuntimeError("No evaluation was recorded; synergy.epochs must be >= 1")
     key = f"precision_at_{first_k}"
     best = max(evaluated, key=lambda r: mean_metrics(r["results"])[key])
+    scored = [r for r in evaluated if r.get("label_free_score") is not None]
+    label_free = max(scored, key=lambda r: r["label_free_score"]) if scored else None
+    baselines = [r["baseline"] for r in history if "baseline" in r]
+    baseline = baselines[-1] if baselines else None
     clusterings = [r for r in history if "clustering" in r]
+    last = evaluated[-1]["results"]
+    warnings = []
+    if baseline is not None:
+        trained, start = mean_metrics(last)[key], mean_metrics(baseline["results"])[key]
+        if not trained > start:
+            warnings.append(
+                f"the trained embedding does not beat its starting point ({baseline['kind'].replace('_', ' ')}): "
+                f"mean {key} {trained:.2f} vs {start:.2f}. See docs/configuration.md for the options that matter "
+                "for your data (augmentations, schedule, pretrained weights)."
+            )
     return {
         "domains": list(domain_names),
-        "last": evaluated[-1]["results"],
+        "last": last,
         "last_epoch": evaluated[-1]["epoch"],
+        "baseline": None if baseline is None else {**baseline, "mean": mean_metrics(baseline["results"])},
+        "warnings": warnings,
+        "label_free_best": None if label_free is None else {
+            "criterion": LABEL_FREE_CRITERION,
+            "epoch": label_free["epoch"],
+            "score": label_free["label_free_score"],
+            **label_free["results"],
+        },
         "oracle_best": {
             "note": f"epoch with the best mean {key} over directions; uses test labels (oracle)",
             "epoch": best["epoch"],
@@ -66,7 +95,8 @@ def build_summary(
         },
         "pseudo_label_nmi": clusterings[-1]["clustering"]["nmi"] if clusterings else None,
         "clustering": [{"stage": r["stage"], "epoch": r["epoch"], **r["clustering"]} for r in clusterings],
-        "raw_pixel_baseline": raw_pixel_baseline,
+        # Kept for scripts reading earlier summaries: the baseline's results when it is raw pixels.
+        "raw_pixel_baseline": baseline["results"] if baseline is not None and baseline["kind"] == "raw_pixels" else None,
         **extra,
     }
 
@@ -74,7 +104,9 @@ def build_summary(
 def write_summary(output_dir: str | Path, summary: Mapping[str, Any]) -> None:
     """Write ``summary.json`` and print the final table beside the baseline."""
     atomic_write_text(Path(output_dir) / "summary.json", json.dumps(summary, indent=2))
-    print(format_table(summary["last"], baseline=summary["raw_pixel_baseline"]))
+    baseline = summary["baseline"]
+    print(format_table(summary["last"], baseline=baseline["results"] if baseline else None,
+                       baseline_label="start" if baseline is None else f"({baseline['kind'].replace('_', ' ')})"))
 
 
 def export_model(accelerator, model, output_dir: str | Path, meta: Mapping[str, Any]) -> Path:

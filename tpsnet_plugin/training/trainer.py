@@ -199,6 +199,8 @@ class TPSNetTrainer:
     def _run_stages(self) -> dict[str, Any]:
         acc = self.accelerator
         self.state.restart_clock()
+        if not any("baseline" in record for record in self.state.history):
+            self.record_baseline()
         names = [stage.name for stage in self.stages] + ["done"]
         for position, stage in enumerate(self.stages):
             if STAGE_ORDER.index(self.state.stage) > STAGE_ORDER.index(stage.name):
@@ -219,11 +221,12 @@ class TPSNetTrainer:
             self.state.history,
             first_k=int(self.config["eval"]["ks"][0]),
             domain_names=self.domain_names,
-            raw_pixel_baseline=self.raw_pixel_baseline(),
             wall_seconds=self.state.elapsed,
             num_processes=self.accelerator.num_processes,
             config=self.config,
         )
+        for warning in summary["warnings"]:
+            self.accelerator.print(f"WARNING: {warning}")
         if self.accelerator.is_main_process:
             export_model(self.accelerator, self.accelerator.unwrap_model(self.stage_model).tpsnet, self.output_dir, {
                 "embed_dim": self.embed_dim, "num_domains": self.num_domains, "num_clusters": self.num_clusters,
@@ -333,17 +336,59 @@ class TPSNetTrainer:
             ks=tuple(ev["ks"]), knn=ev["knn"], map_at_all=ev["map_at_all"],
         )
 
-    def raw_pixel_baseline(self) -> dict[str, dict[str, float]] | None:
-        """Raw-pixel cosine retrieval (grayscale pixels as features), the floor every model must beat."""
-        if self.images is None:
-            return None
-        return self.evaluate_features(raw_pixel_features(self.images))
+    def starts_pretrained(self) -> bool:
+        """Whether the RGB backbone starts from pretrained weights (timm ``pretrained`` or a local file)."""
+        model_cfg = self.config["model"]
+        return bool(model_cfg["pretrained"] or model_cfg["checkpoint_path"])
 
-    def record_evaluation(self, results: dict[str, dict[str, float]]) -> None:
+    def baseline(self) -> dict[str, Any]:
+        """Retrieval with the run's starting point, the floor the trained embedding must beat.
+
+        From scratch, the starting point is raw pixels (grayscale, at most 32×32, cosine); with a
+        pretrained backbone, it is the backbone's frozen pooled features, before any new head.
+
+        Returns:
+            ``{"kind": "raw_pixels" | "pretrained_features", "results": direction -> metrics}``.
+        """
+        if self.starts_pretrained():
+            backbone = self.model.backbone
+            kind, encoder = "pretrained_features", backbone.rgb_features
+        else:
+            kind, encoder = "raw_pixels", _raw_pixels
+        features = self.embed(encoder=encoder, desc=f"baseline ({kind.replace('_', ' ')})")
+        return {"kind": kind, "results": self.evaluate_features(F.normalize(features, dim=-1))}
+
+    def record_baseline(self) -> None:
+        """Evaluate the starting point (before any training) and keep it in the history."""
+        # The baseline draws no random numbers from the run's streams: training is the same with or without it.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            baseline = self.baseline()
+        self.state.history.append({"stage": "baseline", "epoch": 0, "baseline": baseline})
+        if self.accelerator.is_main_process:
+            write_records(self.output_dir, self.state.history)
+        mean = mean_metrics(baseline["results"])
+        self.accelerator.print(f"[starting point: {baseline['kind'].replace('_', ' ')}] "
+                               + ", ".join(f"{k}={v:.2f}" for k, v in mean.items()))
+
+    def label_free_score(self, embeddings: torch.Tensor) -> float:
+        """The model-selection score that uses no labels: pseudo-label P@1 across domains.
+
+        The share of queries whose top-1 neighbour in another domain carries the same aligned
+        cluster id, averaged over ordered domain pairs (the UCDIR P@1 with pseudo-labels in place
+        of classes). An epoch where the embedding agrees with its own clusters across domains scores high.
+        """
+        results = evaluate_domains(
+            self.retrieval_features(embeddings), self.state.labels.numpy(), self.domains.numpy(),
+            domain_names=self.domain_names, ks=(1,), knn=self.config["eval"]["knn"], map_at_all=False,
+        )
+        return mean_metrics(results)["precision_at_1"]
+
+    def record_evaluation(self, results: dict[str, dict[str, float]], label_free_score: float | None = None) -> None:
         """Append an evaluation to the history, the metrics file and the trackers."""
         state = self.state
         state.history.append({"stage": state.stage, "epoch": state.epoch, "pseudo_label_nmi": self.last_nmi,
-                              "results": results})
+                              "label_free_score": label_free_score, "results": results})
         if self.accelerator.is_main_process:
             write_records(self.output_dir, state.history)
         mean = mean_metrics(results)
@@ -454,6 +499,13 @@ class TPSNetTrainer:
         self.set_learning_rates()
         self.accelerator.print(f"resumed from {folder} (stage {self.state.stage}, epoch {self.state.epoch})")
         return folder
+
+
+def _raw_pixels(images: torch.Tensor) -> torch.Tensor:
+    # At most 32×32: raw pixels are a floor, and at 224 px they would not fit in memory at scale.
+    if images.shape[-1] > 32 or images.shape[-2] > 32:
+        images = F.interpolate(images, size=(32, 32), mode="area")
+    return raw_pixel_features(images)
 
 
 def _as_float(value) -> float | None:
