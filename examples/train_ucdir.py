@@ -22,12 +22,15 @@ from tpsnet_plugin.training import NonFiniteLossError, TPSNetTrainer, load_confi
 from tpsnet_plugin.training.checkpoint import CheckpointError
 from tpsnet_plugin.training.run_dir import TrainingInterrupted, stop_on_signals
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = CONFIGS / "digits.yaml"  # the embedded Digits data
+FOLDER_CONFIG = CONFIGS / "folder.yaml"  # any folder dataset (--data-root without --config)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: configs/digits.yaml)")
+    parser.add_argument("--config", type=Path,
+                        help="YAML config (default: configs/folder.yaml with --data-root, else configs/digits.yaml)")
     parser.add_argument("--data-root", help="dataset root; implies data.dataset=folder")
     parser.add_argument("--domains", nargs="+", help="two or more domain names")
     parser.add_argument("--num-clusters", type=_positive_int, help="number of clusters C (default: number of classes found)")
@@ -50,6 +53,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def config_path(args: argparse.Namespace) -> Path:
+    """The config file of a run: ``--config``, else the generic folder recipe for ``--data-root``, else Digits."""
+    if args.config is not None:
+        return args.config
+    return FOLDER_CONFIG if args.data_root else DEFAULT_CONFIG
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     data = {}
@@ -62,7 +72,7 @@ def main(argv=None) -> dict:
     sections = {"data": data} if data else {}
     if args.output_dir:
         sections["output_dir"] = args.output_dir
-    config = load_config(args.config, args.overrides, **sections)
+    config = load_config(config_path(args), args.overrides, **sections)
     return TPSNetTrainer(config).fit(resume=args.resume, overwrite=args.overwrite)
 
 

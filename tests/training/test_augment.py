@@ -85,3 +85,17 @@ def test_elastic_arguments_are_validated():
         BatchAugment(elastic_alpha=-1.0)
     with pytest.raises(ValueError, match="elastic"):
         BatchAugment(elastic_sigma=0.0)
+
+
+def test_saturation_and_inversion():
+    from tpsnet_plugin.training import BatchAugment
+
+    gray = torch.rand(4, 1, 8, 8).expand(-1, 3, -1, -1).contiguous()
+    still = dict(crop_scale=(1.0, 1.0), rotation=0.0, translate=0.0, brightness=0.0, contrast=0.0)
+    # saturation jitter leaves grey images grey; inversion with p=1 maps x to 1 - x
+    out = BatchAugment(**still, saturation=0.5)(gray, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, gray, atol=1e-5, rtol=0)
+    torch.testing.assert_close(BatchAugment(**still, invert_p=1.0)(gray), 1 - gray, atol=1e-5, rtol=0)
+    colour = torch.rand(4, 3, 8, 8)
+    desaturated = BatchAugment(**still, saturation=1.0)(colour, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(desaturated, colour)

@@ -79,3 +79,22 @@ def test_label_stages_need_a_clustering_first(tmp_path, position):
     trainer = TPSNetTrainer(tiny_config(tmp_path, "warmup.epochs=0"))
     with pytest.raises(RuntimeError, match="needs pseudo-labels: run a ClusteringStage"):
         trainer.stages[position].run(trainer)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "min_steps", "steps_per_epoch", "expected"),
+    [(3, 0, 10, 3), (1, 300, 12, 25), (1, 300, 400, 1), (30, 300, 12, 30), (2, 5, 0, 2)],
+)
+def test_min_steps_raise_the_epochs_of_small_datasets(epochs, min_steps, steps_per_epoch, expected):
+    from tpsnet_plugin.training.stages import resolve_epochs
+
+    assert resolve_epochs(epochs, min_steps, steps_per_epoch) == expected
+
+
+def test_min_steps_in_a_run(tmp_path):
+    # 2 x 96 images: warm-up batches of 64 give 3 steps per epoch, synergy batches of 32 give 6.
+    trainer = TPSNetTrainer(tiny_config(tmp_path, "warmup.min_steps=10", "synergy.epochs=1", "synergy.min_steps=12",
+                                        "eval.every=0", "cluster.recluster_every=0"))
+    summary = trainer.fit()
+    assert trainer.stages[0].epochs == 4 and trainer.stages[-1].epochs == 2
+    assert summary["last_epoch"] == 2

@@ -24,6 +24,9 @@ class BatchAugment(nn.Module):
         hflip: Whether to flip half of the images horizontally.
         brightness: Maximum relative brightness change.
         contrast: Maximum relative contrast change.
+        saturation: Maximum relative saturation change (colour images).
+        invert_p: Probability of inverting an image (1 - x): light-on-dark vs dark-on-light
+            renderings of the same shape (digits, line art on textures).
         grayscale_p: Probability of replacing an image by its grayscale version.
         morphology_p: Probability of a 3×3 grey-level dilation or erosion (half each), which thickens
             or thins strokes: the main gap between handwriting and fonts. Meant for line drawings
@@ -43,6 +46,8 @@ class BatchAugment(nn.Module):
         hflip: bool = False,
         brightness: float = 0.3,
         contrast: float = 0.3,
+        saturation: float = 0.0,
+        invert_p: float = 0.0,
         grayscale_p: float = 0.0,
         morphology_p: float = 0.0,
         elastic_alpha: float = 0.0,
@@ -58,6 +63,10 @@ class BatchAugment(nn.Module):
         self.hflip = bool(hflip)
         self.brightness = float(brightness)
         self.contrast = float(contrast)
+        self.saturation = float(saturation)
+        if not 0 <= invert_p <= 1:
+            raise ValueError(f"invert_p is a probability in [0, 1], got {invert_p}")
+        self.invert_p = float(invert_p)
         self.grayscale_p = float(grayscale_p)
         if not 0 <= morphology_p <= 1:
             raise ValueError(f"morphology_p is a probability in [0, 1], got {morphology_p}")
@@ -99,6 +108,12 @@ class BatchAugment(nn.Module):
         if self.contrast > 0:
             mean = out.mean(dim=(1, 2, 3), keepdim=True)
             out = (out - mean) * uniform(1 - self.contrast, 1 + self.contrast).view(-1, 1, 1, 1) + mean
+        # Drawn only when switched on, so existing recipes keep their random streams.
+        if self.saturation > 0 and out.shape[1] == 3:
+            gray = out.mean(dim=1, keepdim=True)
+            out = (out - gray) * uniform(1 - self.saturation, 1 + self.saturation).view(-1, 1, 1, 1) + gray
+        if self.invert_p > 0:
+            out = torch.where((uniform(0, 1) < self.invert_p).view(-1, 1, 1, 1), 1 - out.clamp(0, 1), out)
         if self.grayscale_p > 0 and out.shape[1] == 3:
             gray = out.mean(dim=1, keepdim=True).expand_as(out)
             pick = (uniform(0, 1) < self.grayscale_p).view(-1, 1, 1, 1)

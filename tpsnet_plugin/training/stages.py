@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import math
+
 import torch
 import torch.nn.functional as F
 from accelerate.utils import broadcast
@@ -21,6 +23,13 @@ from ..samplers import PseudoLabelSampler
 from ..text_prior.relabel import relabel_with_prompts
 from ..utils import encode_domain_labels
 from .hooks import EndOfEpochHook
+
+
+def resolve_epochs(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
+    """``epochs``, raised when needed so that the stage makes at least ``min_steps`` optimizer steps."""
+    if min_steps <= 0 or steps_per_epoch <= 0:
+        return epochs
+    return max(epochs, math.ceil(min_steps / steps_per_epoch))
 
 
 def _require_labels(trainer, stage: str) -> None:
@@ -54,12 +63,17 @@ class WarmupStage(Stage):
         lr: Learning rate of every parameter group during the warm-up.
         temperature: NT-Xent temperature.
         within_domain: Take negatives from the anchor's own domain only.
+        min_steps: Run more epochs when ``epochs`` gives fewer optimizer steps than this (small
+            datasets get as much optimisation as large ones); 0 = exactly ``epochs``.
     """
 
     name = "warmup"
 
-    def __init__(self, epochs: int, batch_size: int, lr: float, temperature: float, within_domain: bool) -> None:
+    def __init__(
+        self, epochs: int, batch_size: int, lr: float, temperature: float, within_domain: bool, min_steps: int = 0
+    ) -> None:
         self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
+        self.min_steps = int(min_steps)
         self.loss_fn = InstanceContrastiveLoss(temperature=temperature, within_domain=within_domain)
 
     @classmethod
@@ -67,6 +81,9 @@ class WarmupStage(Stage):
         return cls(**config)
 
     def run(self, trainer) -> None:
+        if self.epochs == 0:
+            return
+        self.epochs = resolve_epochs(self.epochs, self.min_steps, len(trainer.shuffled_loader(self.batch_size, 0)))
         if trainer.state.epoch >= self.epochs:
             return
         trainer.set_learning_rates(self.lr)
@@ -199,17 +216,25 @@ class SynergyStage(Stage):
         batch_size: Images per batch (per process).
         m_per_cluster: Images per cluster in a batch.
         hooks: End-of-epoch hooks, run in order after every epoch.
+        min_steps: Run more epochs when ``epochs`` gives fewer optimizer steps than this; 0 = off.
     """
 
     name = "synergy"
 
-    def __init__(self, epochs: int, batch_size: int, m_per_cluster: int, hooks: Sequence[EndOfEpochHook] = ()) -> None:
+    def __init__(
+        self, epochs: int, batch_size: int, m_per_cluster: int, hooks: Sequence[EndOfEpochHook] = (),
+        min_steps: int = 0,
+    ) -> None:
         self.epochs, self.batch_size, self.m_per_cluster = int(epochs), int(batch_size), int(m_per_cluster)
+        self.min_steps = int(min_steps)
         self.hooks = list(hooks)
         self.epoch_losses: dict[str, float] = {}
 
     def run(self, trainer) -> None:
         _require_labels(trainer, self.name)
+        # The sampler covers every image once per epoch: about N / (batch × processes) steps.
+        steps = math.ceil(len(trainer.dataset) / (self.batch_size * trainer.accelerator.num_processes))
+        self.epochs = resolve_epochs(self.epochs, self.min_steps, steps)
         state = trainer.state
         if state.epoch == 0:
             trainer.init_prototypes(trainer.embed())

@@ -161,7 +161,8 @@ class TPSNetTrainer:
         stages: list[Stage] = [WarmupStage.from_config(cfg["warmup"]), ClusteringStage()]
         if self.prompt_learner is not None:
             stages.append(PromptStage.from_config(cfg["prompts"]))
-        stages.append(SynergyStage(s2["epochs"], s2["batch_size"], s2["m_per_cluster"], hooks=hooks))
+        stages.append(SynergyStage(s2["epochs"], s2["batch_size"], s2["m_per_cluster"], hooks=hooks,
+                                   min_steps=s2["min_steps"]))
         return stages
 
     # ------------------------------------------------------------------ the whole run
