@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE ?= 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml constraints-cpu.txt
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py constraints-cpu.txt tpsnet_plugin/_startup_hook.py
 	$(BIN)/python -m pip install -c constraints-cpu.txt -e ".[$(EXTRAS)]"
 	touch $@
 
