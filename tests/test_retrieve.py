@@ -139,3 +139,25 @@ def test_cli_errors_name_the_problem(trained_run, tmp_path, capsys):
                            "--topk", bad])
         assert exit_info.value.code == 2
         assert "argument --topk" in capsys.readouterr().err
+
+
+def test_load_scales_16_bit_and_float_images_like_the_datasets(tmp_path):
+    """retrieve reads images with the datasets' loader: by range, not clipped or zeroed."""
+    from tpsnet_plugin.data import default_transform
+
+    transform = default_transform(4)  # the images are 4x4: the resize keeps the pixels
+    sixteen = np.array([[0, 257, 1000, 65535]] * 4, dtype=np.uint16)
+    Image.fromarray(sixteen).save(tmp_path / "depth.png")  # mode I;16
+    expected = np.rint(sixteen / 257) / 255
+    assert np.allclose(retrieve._load(tmp_path / "depth.png", transform).numpy(), expected[None], atol=1e-6)
+    unit = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    Image.fromarray(unit).save(tmp_path / "unit.tif")  # mode F
+    expected = np.rint(unit.astype(np.float64) * 255) / 255
+    assert np.allclose(retrieve._load(tmp_path / "unit.tif", transform).numpy(), expected[None], atol=1e-6)
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)  # fully transparent black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    assert np.allclose(retrieve._load(tmp_path / "clear.png", transform).numpy(), 1.0)  # white
+    Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32)).save(tmp_path / "nan.tif")
+    with pytest.raises(OSError, match="8-bit PNG or JPEG") as err:
+        retrieve._load(tmp_path / "nan.tif", transform)
+    assert str(tmp_path / "nan.tif") in str(err.value)

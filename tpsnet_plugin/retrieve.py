@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 
 from . import _torchvision_compat  # noqa: F401
 from .data import IMG_EXTENSIONS, default_transform
+from .data.image_io import load_rgb
 from .evaluation.knn import top_k
 from .models import TPSNet, create_tpsnet
 from .utils.io import atomic_save_numpy
@@ -68,12 +68,8 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def _load(path: Path, transform) -> torch.Tensor:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return transform(image)
-    except OSError as error:
-        raise OSError(f"Cannot read image {path}: {error}") from error
+    # The datasets' loader: any mode to 8-bit RGB; errors name the file (ImageReadError, an OSError).
+    return transform(load_rgb(path))
 
 
 @torch.no_grad()

@@ -21,6 +21,11 @@ def solid(path: Path, color, mode: str = "RGB", size: int = 12, fmt: str | None 
     return path
 
 
+def on_white(color, alpha: int) -> tuple:
+    """``color`` with opacity ``alpha`` (0..255) over a white background, rounded."""
+    return tuple(round(c * alpha / 255 + 255 * (1 - alpha / 255)) for c in color)
+
+
 def class_color(name: str) -> tuple:
     """A distinct colour per class, so a loaded image tells which class folder it came from."""
     code = sum(ord(ch) * (i + 1) for i, ch in enumerate(name))
@@ -73,7 +78,7 @@ def test_office31_layout_and_auto_detection(tmp_path):
     assert DomainImageFolder(tmp_path, "webcam").layout == "folder"
     dslr = DomainImageFolder(tmp_path, "dslr")
     assert dslr.layout == "folder" and dslr.classes == ["bike", "images"]
-    with pytest.raises(FileNotFoundError, match="layout='auto'"):
+    with pytest.raises(FileNotFoundError, match="--set data.layout=auto"):
         DomainImageFolder(tmp_path, "webcam", layout="office31")
 
 
@@ -93,9 +98,11 @@ def test_formats_and_modes_become_rgb(tmp_path):
     solid(cls / "page.tiff", (0, 0, 0, 0), "CMYK")  # no ink: white
     solid(cls / "photo.JPG", (120, 120, 120), fmt="JPEG")
     expected = {
-        "palette.png": (10, 200, 30), "transparent.gif": (10, 200, 30),
-        "alpha_palette.png": (10, 200, 30),
-        "lossless.webp": (90, 20, 200), "rgba.png": (40, 50, 60), "gray.bmp": (77, 77, 77),
+        "palette.png": (10, 200, 30), "transparent.gif": (10, 200, 30),  # used index is opaque
+        # half-transparent: composited on white
+        "alpha_palette.png": on_white((10, 200, 30), 128),
+        "lossless.webp": (90, 20, 200), "rgba.png": on_white((40, 50, 60), 128),
+        "gray.bmp": (77, 77, 77),
         "UPPER.PNG": (1, 2, 3), "page.tiff": (255, 255, 255), "photo.JPG": (120, 120, 120),
     }
     (cls / "notes.txt").write_text("not an image")
@@ -266,7 +273,7 @@ def test_truncated_image_raise_names_file(tmp_path):
     position = [p for p, _ in ds.samples].index(str(bad))
     with pytest.raises(OSError, match="cannot read image") as err:
         ds[position]
-    assert str(bad) in str(err.value) and "on_error='skip'" in str(err.value)
+    assert str(bad) in str(err.value) and "--set data.on_error=skip" in str(err.value)
     ds[(position + 1) % 3]  # the good files still load
 
 
@@ -284,3 +291,79 @@ def test_truncated_image_skip_drops_and_counts(tmp_path):
         truncated_jpeg(Path(path))
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="none of its 4 images"):
         ds.check_images()
+
+
+@pytest.mark.parametrize("link, target", [
+    ("bike/sub/back_to_bike", "bike"),  # a loop to the class folder
+    ("cup/up_to_domain", "."),  # a loop through the domain folder (every class again)
+])
+def test_symlink_loop_is_walked_once(tmp_path, link, target):
+    make_tree(tmp_path, {"Art": {"bike": 3, "cup": 2}})
+    art = tmp_path / "Art"
+    solid(art / "bike" / "sub" / "deep.png", class_color("bike"))
+    os.symlink(art / target, art / link)
+    with pytest.warns(UserWarning, match="symlink loop") as record:
+        ds = DomainImageFolder(tmp_path, "Art", image_size=4)
+    assert len(ds) == 6 and np.bincount(ds.labels).tolist() == [4, 2]
+    assert len({os.path.realpath(p) for p, _ in ds.samples}) == 6
+    assert all(p.startswith(str(art / ds.classes[y]) + os.sep) for p, y in ds.samples)
+    message = str(record[0].message)
+    assert "'Art'" in message and str(art / link) in message
+
+
+def test_symlink_to_other_class_or_domain(tmp_path):
+    make_tree(tmp_path, {"Art": {"bike": 2, "zebra": 2}, "Clipart": {"zebra": 3}})
+    art = tmp_path / "Art"
+    # A link to a sibling class folder must not relabel that class's images as "bike".
+    os.symlink(art / "zebra", art / "bike" / "zebra_link")
+    # A file link to an image of another class of the domain: counted once, under its own class.
+    os.symlink(art / "zebra" / "img_000.png", art / "bike" / "alias.png")
+    # Two links to another domain's class folder: its files are used once, with a warning.
+    os.symlink(tmp_path / "Clipart" / "zebra", art / "bike" / "from_clipart")
+    os.symlink(tmp_path / "Clipart" / "zebra", art / "bike" / "from_clipart_again")
+    with pytest.warns(UserWarning) as record:
+        ds = DomainImageFolder(tmp_path, "Art")
+    messages = [str(w.message) for w in record]
+    outside = [m for m in messages if "outside the domain folder" in m]
+    assert len(outside) == 1 and "3 image(s)" in outside[0]
+    assert str(art / "bike" / "from_clipart" / "img_000.png") in outside[0]
+    assert str(tmp_path / "Clipart" / "zebra" / "img_000.png") in outside[0]
+    assert any("symlink loop, or several links" in m for m in messages)
+    by_class = {c: sorted(os.path.relpath(os.path.realpath(p), tmp_path)
+                          for p, y in ds.samples if ds.classes[y] == c) for c in ds.classes}
+    assert by_class["zebra"] == ["Art/zebra/img_000.png", "Art/zebra/img_001.png"]
+    assert by_class["bike"] == ["Art/bike/img_000.png", "Art/bike/img_001.png",
+                                *(f"Clipart/zebra/img_{k:03d}.png" for k in range(3))]
+    assert len(ds) == 7
+
+
+def test_list_file_utf8_bom_is_ignored(tmp_path):
+    make_tree(tmp_path, {"clipart": {"bird": 2}})
+    list_file = tmp_path / "bom.txt"
+    lines = ["clipart/bird/img_000.png 0", "clipart/bird/img_001.png 0"]
+    list_file.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    assert list_file.read_bytes().startswith(b"\xef\xbb\xbf")
+    ds = DomainImageFolder(tmp_path, "clipart", list_file=list_file)
+    assert [p for p, _ in ds.samples] == [str(tmp_path / line.split()[0]) for line in lines]
+    assert ds.classes == ["bird"]
+
+
+def test_list_file_not_utf8_names_the_file_and_the_fix(tmp_path):
+    make_tree(tmp_path, {"clipart": {"café": 1}})
+    list_file = tmp_path / "latin1.txt"
+    list_file.write_bytes("clipart/café/img_000.png 0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8") as err:
+        DomainImageFolder(tmp_path, "clipart", list_file=list_file)
+    message = str(err.value)
+    assert str(list_file) in message and "line 1" in message and "save it as UTF-8" in message
+
+
+def test_office31_detection_ignores_stray_files(tmp_path):
+    make_tree(tmp_path, {"amazon": {"back_pack": 2, "bike": 1}}, office31=True)
+    images = tmp_path / "amazon" / "images"
+    (images / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (images / "readme.txt").write_text("Office-31, amazon domain")
+    (images / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    ds = DomainImageFolder(tmp_path, "amazon", image_size=6)
+    assert ds.layout == "office31" and ds.classes == ["back_pack", "bike"] and len(ds) == 3
+    check_items(ds, 6)

@@ -1,6 +1,7 @@
 """MultiDomainDataset and build_folder_domains on small generated image trees."""
 
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,11 +117,11 @@ def test_build_class_in_some_domains_only(tmp_path):
         build_folder_domains(tmp_path, ["A", "B", "C"])
     message = str(err.value)
     assert "domain 'A' lacks ['emu']" in message and "domain 'B' lacks ['owl']" in message
-    assert "domain 'C' lacks ['emu', 'owl']" in message and "class_policy='intersection'" in message
+    assert "domain 'C' lacks ['emu', 'owl']" in message and "--set data.class_policy=intersection" in message
     with pytest.warns(UserWarning, match=r"dropped 2 classes .*\['emu', 'owl'\]; keeping 2"):
         ds = build_folder_domains(tmp_path, ["A", "B", "C"], class_policy="intersection")
     assert ds.classes == ["cat", "dog"]
-    for d, part in enumerate(ds.datasets):
+    for part in ds.datasets:
         names = [Path(p).parent.name for p, _ in part.samples]
         assert names == [ds.classes[y] for y in part.labels]
         kept = [c for c, n in spec[part.domain].items() if c in ds.classes for _ in range(n)]
@@ -172,3 +173,33 @@ def test_build_argument_errors_and_skip(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         ds = build_folder_domains(tmp_path, ["A", "B"], on_error="skip")
     assert len(ds) == 3 and ds.datasets[1].skipped == [str(broken)]
+
+
+def test_build_warns_when_a_domain_is_one_image_repeated(tmp_path):
+    make_tree(tmp_path, {"A": {"cat": 2, "dog": 2}, "B": {"cat": 2, "dog": 1}})
+    placeholder = (tmp_path / "A" / "cat" / "0.png").read_bytes()
+    for path in (tmp_path / "A").rglob("*.png"):  # e.g. a failed download's placeholder image
+        path.write_bytes(placeholder)
+    with pytest.warns(UserWarning, match="domain 'A': all 4 images are the same") as record:
+        ds = build_folder_domains(tmp_path, ["A", "B"])
+    assert len(ds) == 7 and not any("'B'" in str(w.message) for w in record)
+    # Same size and same first 8 KB, different content at the end: no warning.
+    for k, path in enumerate(sorted((tmp_path / "A").rglob("*.png"))):
+        pixels = np.zeros((120, 120, 3), dtype=np.uint8)
+        pixels[0, 0] = k + 1  # BMP rows are stored bottom-up: the top row ends the file
+        Image.fromarray(pixels).save(path, format="BMP")  # uncompressed: equal sizes and heads
+    files = sorted((tmp_path / "A").rglob("*.png"))
+    assert len({p.stat().st_size for p in files}) == 1
+    assert len({p.read_bytes()[:8192] for p in files}) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_folder_domains(tmp_path, ["A", "B"])
+
+
+def test_build_domain_with_fewer_images_than_classes_is_a_clear_error(tmp_path):
+    make_tree(tmp_path, {"A": {"cat": 1, "dog": 1, "emu": 1, "owl": 1}, "B": {"cat": 1, "dog": 1}})
+    with pytest.raises(ValueError) as err:
+        build_folder_domains(tmp_path, ["A", "B"])
+    message = str(err.value)
+    assert message.startswith("domain 'B' has only 2 image(s), fewer than the 4 classes")
+    assert "--data-root and --domains" in message and "--set data.class_policy=intersection" in message

@@ -6,14 +6,14 @@ import difflib
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 
+from .image_io import check_image, load_rgb
 from .transforms import default_transform
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -34,38 +34,108 @@ def _visible_entries(path: Path) -> list[os.DirEntry]:
         return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
+class _Walk:
+    """Image files under class folders, each real folder entered once, each real file kept once.
+
+    Symlinks are followed (datasets are often assembled from links), but a folder already
+    entered (by its ``(st_dev, st_ino)``) is not entered again, so a symlink loop ends and a
+    link to a sibling class folder does not relabel that class's images. The class folders
+    themselves count as entered before the walk starts. Files whose real path lies outside the
+    domain folder are kept and listed in ``outside``; a real file reached twice is kept once,
+    preferring a path that does not go through a symlink.
+    """
+
+    def __init__(self, domain_dir: Path, extensions: tuple[str, ...], class_roots: Sequence[Path]):
+        self.domain_real = os.path.realpath(domain_dir)
+        self.extensions = extensions
+        self.entered = {key for key in map(_dir_key, class_roots) if key is not None}
+        self.repeated_dirs: list[str] = []  # folders not entered again
+        self.duplicates: list[str] = []  # paths of real files already listed
+        self.outside: list[tuple[str, str]] = []  # (path, real path) outside the domain folder
+
+    def find(self, class_root: Path) -> list[tuple[str, str, bool]]:
+        """``(path, real path, through a symlink)`` of every image under ``class_root``, sorted."""
+        found = []
+        # Depth first, files of a folder before its subfolders, names sorted (like os.walk).
+        stack = [(str(class_root), os.path.realpath(class_root), os.path.islink(class_root))]
+        while stack:
+            path, real, linked = stack.pop()
+            try:
+                entries = _visible_entries(Path(path))
+            except OSError:  # unreadable or vanished folder: nothing to list
+                continue
+            subdirs = []
+            for entry in entries:
+                is_link = entry.is_symlink()
+                try:
+                    is_dir = entry.is_dir()  # follows links; a dangling link is neither
+                except OSError:
+                    continue
+                if is_dir:
+                    key = _dir_key(entry.path)
+                    if key is None:
+                        continue
+                    if key in self.entered:
+                        self.repeated_dirs.append(entry.path)
+                        continue
+                    self.entered.add(key)
+                    child_real = os.path.realpath(entry.path) if is_link else os.path.join(real, entry.name)
+                    subdirs.append((entry.path, child_real, linked or is_link))
+                elif entry.name.lower().endswith(self.extensions):  # dangling links fail later
+                    file_real = os.path.realpath(entry.path) if is_link else os.path.join(real, entry.name)
+                    found.append((entry.path, file_real, linked or is_link))
+            stack.extend(reversed(subdirs))
+        return found
+
+    def is_outside(self, real: str) -> bool:
+        return real != self.domain_real and not real.startswith(self.domain_real.rstrip(os.sep) + os.sep)
+
+
+def _dir_key(path: str | os.PathLike) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
 def _find_images(directory: Path, extensions: tuple[str, ...]) -> list[str]:
-    """All image files under ``directory`` (recursively, like torchvision), in sorted order."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(
-            os.path.join(dirpath, f)
-            for f in sorted(filenames)
-            if not f.startswith(".") and f.lower().endswith(extensions)
-        )
-    return found
+    """All image files under ``directory`` (recursively, each real folder once), sorted."""
+    return [path for path, _, _ in _Walk(directory, extensions, [directory]).find(directory)]
 
 
-def _load_rgb(path: str) -> Image.Image:
-    """Fully decode ``path`` (so truncated files fail here) and return an RGB image."""
-    with Image.open(path) as image:
-        image.load()
-        # Palette transparency must go through RGBA, otherwise PIL warns on every such file.
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        return image.convert("RGB")
+def _looks_like_office31(images_dir: Path, extensions: tuple[str, ...]) -> bool:
+    """``<domain>/images`` holds class folders (stray files such as ``readme.txt`` allowed).
+
+    A folder ``images`` with image files directly inside is a class of the folder layout.
+    """
+    if not images_dir.is_dir():
+        return False
+    entries = _visible_entries(images_dir)
+    has_folders = any(_is_dir(e) for e in entries)
+    has_images = any(e.name.lower().endswith(extensions) and _is_file(e) for e in entries)
+    return has_folders and not has_images
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _is_readable(path: str) -> bool:
     try:
-        with Image.open(path) as image:
-            # JPEG: decode at 1/8 scale, several times faster; the whole stream is still read,
-            # so truncated or corrupt files still fail.
-            image.draft("RGB", (1, 1))
-            image.load()
+        check_image(path)
         return True
-    except Exception:  # any decoder failure means the file is unusable
+    except Exception:  # any decoder failure, or values that cannot be mapped to 8 bit
         return False
 
 
@@ -76,8 +146,8 @@ class DomainImageFolder(Dataset):
 
     - ``"folder"``: ``<root>/<domain>/<class>/<image>`` (Office-Home, DomainNet folders);
     - ``"office31"``: ``<root>/<domain>/images/<class>/<image>``;
-    - ``"auto"``: ``"office31"`` if ``<root>/<domain>/images`` is a folder holding only folders,
-      else ``"folder"``; ``"list"`` when ``list_file`` is given;
+    - ``"auto"``: ``"office31"`` if ``<root>/<domain>/images`` is a folder holding folders and no
+      image files, else ``"folder"``; ``"list"`` when ``list_file`` is given;
     - ``"list"``: ``list_file`` holds ``relative/path label`` lines (DomainNet's split files, e.g.
       ``clipart/aircraft_carrier/clipart_001_000018.jpg 0``), paths relative to ``root``. When the
       file's labels map one-to-one to the paths' parent folders, those folders are the class names
@@ -85,8 +155,17 @@ class DomainImageFolder(Dataset):
       index ``classes`` directly (default names ``"0"``, ``"1"``, ...).
 
     Folder layouts look for images recursively inside each class folder and skip hidden files
-    and folders. Samples are ordered by class folder, then path (folders), or as in the list
-    file (lists). Images of any mode (palette, RGBA, L, CMYK) are converted to RGB.
+    and folders. Symlinks are followed, but each real folder is entered once (a symlink loop
+    ends; a link to a sibling class folder is not walked) and each real file is counted once;
+    images whose real path lies outside the domain folder are kept with a warning naming them.
+    ``"auto"`` ignores stray files (``readme.txt``) next to the class folders of
+    ``<domain>/images``. Samples are ordered by class folder, then path (folders), or as in the
+    list file (lists). List files are UTF-8 (a byte-order mark is ignored).
+
+    Images are decoded by :func:`~tpsnet_plugin.data.image_io.load_rgb`: any mode becomes 8-bit
+    RGB, transparency is composited on white, 16-bit images are scaled by their full range and
+    float images by theirs ([0, 1] or [0, 255]); float images with NaN/inf or another range are
+    unreadable (convert them to 8-bit PNG or JPEG).
 
     Unreadable images: with ``on_error="raise"`` the error surfaces, naming the file, when the
     image is loaded (list entries pointing to missing files fail at construction). With
@@ -143,7 +222,8 @@ class DomainImageFolder(Dataset):
         if list_file is not None and layout == "auto":
             layout = "list"
         if (layout == "list") != (list_file is not None):
-            raise ValueError("layout='list' and list_file go together: pass both, or neither")
+            raise ValueError("the list layout and list files go together: set both "
+                             "(--set data.layout=list data.list_files=[...]), or neither")
         self.root = Path(root)
         self.domain = str(domain)
         if not self.root.is_dir():
@@ -181,22 +261,16 @@ class DomainImageFolder(Dataset):
         domain_dir = self._domain_dir()
         images_dir = domain_dir / "images"
         if layout == "auto":
-            entries = _visible_entries(images_dir) if images_dir.is_dir() else []
-            is_office31 = bool(entries) and all(e.is_dir() for e in entries)
-            layout = "office31" if is_office31 else "folder"
+            layout = "office31" if _looks_like_office31(images_dir, extensions) else "folder"
         self.layout = layout
         class_root = images_dir if layout == "office31" else domain_dir
         images_part = "images/" if layout == "office31" else ""
         expected = f"<root>/{self.domain}/{images_part}<class>/<image>"
         if not class_root.is_dir():
             raise FileNotFoundError(f"{str(class_root)!r} does not exist: layout {layout!r} "
-                                    f"expects {expected}; try layout='auto'")
+                                    f"expects {expected}; try --set data.layout=auto")
         class_names = [e.name for e in _visible_entries(class_root) if e.is_dir()]
-        self._items = [
-            (path, name)
-            for name in class_names
-            for path in _find_images(class_root / name, extensions)
-        ]
+        self._items = self._walk_classes(domain_dir, class_root, class_names, extensions)
         if not self._items:
             loose = _find_images(class_root, extensions) if not class_names else []
             detail = (
@@ -206,9 +280,45 @@ class DomainImageFolder(Dataset):
             )
             raise ValueError(
                 f"domain {self.domain!r} ({str(class_root)!r}) holds no images: {detail}. "
-                f"Expected {expected}; check root, domain and layout (or pass extensions=...)"
+                f"Expected {expected}; check --data-root, --domains and data.layout (or, from "
+                "Python, pass extensions=...)"
             )
         return class_names
+
+    def _walk_classes(self, domain_dir: Path, class_root: Path, class_names: Sequence[str],
+                      extensions: tuple[str, ...]) -> list[tuple[str, str]]:
+        """``(path, class name)`` of every image of every class folder; warns about symlinks."""
+        walk = _Walk(domain_dir, extensions, [class_root / name for name in class_names])
+        found = [(path, real, linked, name)
+                 for name in class_names for path, real, linked in walk.find(class_root / name)]
+        direct = {real for _, real, linked, _ in found if not linked}
+        items, kept = [], set()
+        for path, real, linked, name in found:
+            if real in kept or (linked and real in direct):
+                walk.duplicates.append(path)
+                continue
+            kept.add(real)
+            items.append((path, name))
+            if walk.is_outside(real):
+                walk.outside.append((path, real))
+        where = f"domain {self.domain!r} ({str(domain_dir)!r})"
+        if walk.outside:
+            shown = _preview([f"{path} -> {real}" for path, real in walk.outside], 5)
+            warnings.warn(
+                f"{where}: {len(walk.outside)} image(s) reached through symlinks lie outside the "
+                f"domain folder: {shown}. They are used, labelled by the class folder that links "
+                "to them; remove the links if they belong to another domain or class",
+                stacklevel=4,
+            )
+        if walk.repeated_dirs or walk.duplicates:
+            warnings.warn(
+                f"{where}: symlinks lead to folders or files already listed (a symlink loop, or "
+                f"several links to one place); each was used once: {len(walk.repeated_dirs)} "
+                f"folder(s) not entered again {_preview(walk.repeated_dirs, 5)}, "
+                f"{len(walk.duplicates)} file(s) not counted again {_preview(walk.duplicates, 5)}",
+                stacklevel=4,
+            )
+        return items
 
     def _read_list(self, list_file: str | os.PathLike, classes: Sequence[str] | None) -> list[str]:
         """Parse the list file into ``(path, class name)`` pairs; return the class order."""
@@ -220,28 +330,37 @@ class DomainImageFolder(Dataset):
                                     "path is tried against the working directory, then root "
                                     f"{str(self.root)!r})")
         entries = []  # (relative path, label, line number)
-        with open(list_path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                text = line.strip()
-                if not text:
-                    continue
-                where = f"{list_path}:{lineno}"
-                # Split at the last whitespace: paths may contain spaces ("Real World/...").
-                parts = text.rsplit(None, 1)
-                try:
-                    label = int(parts[1]) if len(parts) == 2 else -1
-                except ValueError:
-                    label = -1
-                if label < 0:
-                    raise ValueError(f"{where}: malformed line {text!r}; expected "
-                                     "'<relative/path/to/image> <non-negative integer label>'")
-                relative = parts[0].replace("\\", "/")
-                pure = PurePosixPath(relative)
-                if pure.is_absolute() or PureWindowsPath(parts[0]).drive or ".." in pure.parts:
-                    raise ValueError(f"{where}: path {parts[0]!r} escapes the dataset root "
-                                     f"{str(self.root)!r}; list paths must be relative to root, "
-                                     "without '..' or a leading '/'")
-                entries.append((relative, label, lineno))
+        raw = list_path.read_bytes()
+        try:
+            content = raw.decode("utf-8-sig")  # a leading byte-order mark is not part of a path
+        except UnicodeDecodeError as err:
+            lineno = raw.count(b"\n", 0, err.start) + 1
+            raise ValueError(
+                f"list file {str(list_path)!r} is not UTF-8 text (line {lineno}: {err.reason}, "
+                f"byte 0x{raw[err.start]:02x}); save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+            ) from None
+        lines = content.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        for lineno, line in enumerate(lines, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            where = f"{list_path}:{lineno}"
+            # Split at the last whitespace: paths may contain spaces ("Real World/...").
+            parts = text.rsplit(None, 1)
+            try:
+                label = int(parts[1]) if len(parts) == 2 else -1
+            except ValueError:
+                label = -1
+            if label < 0:
+                raise ValueError(f"{where}: malformed line {text!r}; expected "
+                                 "'<relative/path/to/image> <non-negative integer label>'")
+            relative = parts[0].replace("\\", "/")
+            pure = PurePosixPath(relative)
+            if pure.is_absolute() or PureWindowsPath(parts[0]).drive or ".." in pure.parts:
+                raise ValueError(f"{where}: path {parts[0]!r} escapes the dataset root "
+                                 f"{str(self.root)!r}; list paths must be relative to root, "
+                                 "without '..' or a leading '/'")
+            entries.append((relative, label, lineno))
         if not entries:
             raise ValueError(f"list file {str(list_path)!r} for domain {self.domain!r} "
                              "has no entries")
@@ -258,7 +377,7 @@ class DomainImageFolder(Dataset):
             names = {label: folders.pop() for label, folders in folders_of_label.items()}
             found_classes = [names[label] for label in sorted(names)]
         elif classes is not None:
-            for relative, label, lineno in entries:
+            for _, label, lineno in entries:
                 if label >= len(classes):
                     raise ValueError(f"{list_path}:{lineno}: label {label} out of range for the "
                                      f"{len(classes)} given classes; labels must lie in "
@@ -280,7 +399,7 @@ class DomainImageFolder(Dataset):
             shown = _preview([f"{path} (line {lineno})" for path, lineno in missing], 5)
             raise FileNotFoundError(
                 f"{len(missing)} of {len(entries)} files listed in {str(list_path)!r} do not "
-                f"exist: {shown}; fix root or the list, or pass on_error='skip' to drop them"
+                f"exist: {shown}; fix root or the list, or --set data.on_error=skip to drop them"
             )
         if missing:
             self.skipped.extend(path for path, _ in missing)
@@ -350,11 +469,11 @@ class DomainImageFolder(Dataset):
         """Return ``(image, label, index)``: the transformed image, its class label, ``index``."""
         path, label = self.samples[index]
         try:
-            image = _load_rgb(path)
-        except Exception as err:
+            image = load_rgb(path)
+        except Exception as err:  # ImageReadError names the file and the reason
             raise OSError(
-                f"cannot read image {path!r} (domain {self.domain!r}): {err}. Replace or delete "
-                "the file, or pass on_error='skip' to drop unreadable images"
+                f"{err} (domain {self.domain!r}). Replace or delete the file, or "
+                "--set data.on_error=skip to drop unreadable images"
             ) from err
         return self.transform(image), label, index
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 import warnings
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -150,6 +151,13 @@ def build_folder_domains(
 
     Returns:
         A :class:`MultiDomainDataset` with the domains in the given order.
+
+    Raises:
+        ValueError: Among others, when a domain has fewer images than the shared classes.
+
+    Warns:
+        UserWarning: When every image of a domain is the same file content (same size and the
+            same first and last 8 KB), e.g. placeholders left by a failed download.
     """
     if isinstance(domains, str):
         raise TypeError(f"domains must be a list of domain names, got the string {domains!r}")
@@ -188,17 +196,75 @@ def build_folder_domains(
     if missing and class_policy == "strict":
         detail = "; ".join(f"domain {d!r} lacks {_preview(m)}" for d, m in missing.items())
         raise ValueError(
+            f"{_too_few_images(parts, shared)}"
             f"some classes have no images in some domains: {detail}. Every class needs images "
-            "in every domain: fix the folders, pass `classes`, or pass "
-            "class_policy='intersection' to keep only the classes shared by all domains"
+            "in every domain: fix the folders, choose the classes (--set data.classes=[...]), "
+            "or --set data.class_policy=intersection to keep only the classes shared by all "
+            "domains"
         )
     if missing:
         dropped = [c for c in shared if any(c in m for m in missing.values())]
         kept = [c for c in shared if c not in dropped]
         if not kept:
             raise ValueError(f"no class has images in all of the domains {domains}")
-        warnings.warn(f"class_policy='intersection': dropped {len(dropped)} classes missing from "
-                      f"some domain: {_preview(dropped)}; keeping {len(kept)}", stacklevel=2)
+        warnings.warn(f"data.class_policy=intersection: dropped {len(dropped)} classes missing "
+                      f"from some domain: {_preview(dropped)}; keeping {len(kept)}", stacklevel=2)
         for part in parts:
             part.set_classes(kept)
+    too_few = _too_few_images(parts, parts[0].classes)
+    if too_few:  # cannot happen after the checks above; kept as the invariant's guard
+        raise ValueError(too_few)
+    for part in parts:
+        if _all_same_content([path for path, _ in part.samples]):
+            warnings.warn(
+                f"domain {part.domain!r}: all {len(part)} images are the same file content (same "
+                "size and bytes), so nothing in this domain can be told apart; check the folder "
+                "(placeholders from a failed download or conversion?)", stacklevel=2,
+            )
     return MultiDomainDataset(parts, domain_names=domains)
+
+
+def _too_few_images(parts: Sequence[DomainImageFolder], classes: Sequence[str]) -> str:
+    """The error's first sentence when a domain has fewer images than classes, else ``""``."""
+    small = [part for part in parts if len(part) < len(classes)]
+    if not small:
+        return ""
+    detail = "; ".join(f"domain {p.domain!r} has only {len(p)} image(s)" for p in small)
+    return (f"{detail}, fewer than the {len(classes)} classes, so it cannot have an image of "
+            "every class: are --data-root and --domains the right folders? ")
+
+
+_DIGEST_BYTES = 8192  # bytes read from each end of a file
+
+
+def _file_digest(path: str) -> bytes | None:
+    """Hash of the first and last few KB of a file (the whole file when it is small)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_DIGEST_BYTES)
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - _DIGEST_BYTES, len(head)))
+            tail = f.read(_DIGEST_BYTES)
+    except OSError:
+        return None
+    return hashlib.blake2b(head + b"|" + tail, digest_size=16).digest()
+
+
+def _all_same_content(paths: Sequence[str]) -> bool:
+    """Whether two or more files all have the same size and the same head and tail bytes.
+
+    Stops at the first file that differs: on real data this reads two file sizes, so it is
+    cheap on any dataset size; only a degenerate domain is read in full (8 KB per file).
+    """
+    if len(paths) < 2:
+        return False
+    try:
+        sizes = {os.path.getsize(paths[0])}
+        for path in paths[1:]:
+            sizes.add(os.path.getsize(path))
+            if len(sizes) > 1:
+                return False
+    except OSError:
+        return False
+    first = _file_digest(paths[0])
+    return first is not None and all(_file_digest(path) == first for path in paths[1:])

@@ -7,17 +7,19 @@ one dataset serves backbones with different statistics.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .image_io import to_rgb
+
 
 def _resize_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """Convert to RGB, resize to ``size`` = (H, W) and return a 3×H×W float tensor in [0, 1]."""
     if image.mode != "RGB":
-        image = image.convert("RGB")
+        image = to_rgb(image)  # 16-bit and float images by their range, alpha on white
     # PIL scales the bilinear filter support with the reduction factor, i.e. it antialiases.
     image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
