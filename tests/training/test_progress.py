@@ -27,3 +27,16 @@ def test_disabled_prints_nothing():
     stream = io.StringIO()
     assert list(progress(range(3), "x", enabled=False, stream=stream)) == [0, 1, 2]
     assert stream.getvalue() == ""
+
+
+def test_random_streams_do_not_depend_on_where_the_output_goes():
+    import torch
+    from torch.utils.data import DataLoader
+
+    states = []
+    for stream, enabled in ((io.StringIO(), True), (FakeTerminal(), True), (io.StringIO(), False)):
+        torch.manual_seed(0)
+        for _ in progress(DataLoader(list(range(10)), batch_size=3), "x", enabled=enabled, stream=stream):
+            pass
+        states.append(torch.get_rng_state())
+    assert all(torch.equal(states[0], state) for state in states[1:])

@@ -171,7 +171,7 @@ def _training_processes(output_dir: Path) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the training process through /proc")
 def test_signalled_launcher_stops_training_and_the_output_dir_is_locked(tmp_path):
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+    launcher = (str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "1", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no")
     process = run_cli(tmp_path, "synergy.epochs=1000", "eval.every=0", launcher=launcher)
     output_dir = tmp_path / "run"

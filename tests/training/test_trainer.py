@@ -134,7 +134,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
 
 def test_two_processes_gather_each_image_once_and_match_one_process_evaluation(tmp_path):
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+    launcher = (str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "2", "--num_machines", "1",
                 "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no")
     # 2 x 97 images over 2 processes with eval batches of 40: the last batches are padded.
     extra = ("data.subset_per_domain=97", "synergy.epochs=2", "synergy.loss_weights.miner=0.5")

@@ -25,11 +25,14 @@ def progress(iterable: Iterable[T], desc: str, enabled: bool = True, stream=None
         stream: Where to write; default ``sys.stderr``.
     """
     stream = stream if stream is not None else sys.stderr
+    # Every path iterates through tqdm: a loop then draws the same random numbers (DataLoader
+    # seeds) whether its output is a terminal, a log file or switched off, so results do not
+    # depend on where the output goes.
     if not enabled:
-        return iterable
+        return tqdm(iterable, disable=True)
     if _is_terminal(stream):
         return tqdm(iterable, desc=desc, leave=False, file=stream)
-    return _summarised(iterable, desc, stream)
+    return _summarised(tqdm(iterable, disable=True), desc, stream)
 
 
 def _summarised(iterable: Iterable[T], desc: str, stream) -> Iterator[T]:
