@@ -59,11 +59,16 @@ def test_recluster_and_evaluation_share_one_embedding_pass():
             calls.append(("evaluate", embeddings))
             return {}
 
-        def record_evaluation(self, results):
+        def label_free_score(self, embeddings):
+            calls.append(("label_free", embeddings))
+            return 0.0
+
+        def record_evaluation(self, results, label_free_score=None):
             calls.append("record")
 
     stage = SimpleNamespace(name="synergy", epochs=4)
     trainer = Trainer()
     ReclusterHook(every=2)(trainer, stage)
     EvaluationHook(every=2)(trainer, stage)
-    assert calls == ["embed", ("cluster", "E"), ("prototypes", "E"), "embed", ("evaluate", "E"), "record"]
+    assert calls == ["embed", ("cluster", "E"), ("prototypes", "E"), "embed", ("evaluate", "E"), ("label_free", "E"),
+                     "record"]
