@@ -34,13 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tpsnet_plugin  # noqa: E402,F401
+
+# isort: split
+from _common import format_table, measure, parse_args, write_json  # noqa: E402
 from pytorch_metric_learning.losses import NTXentLoss, SelfSupervisedLoss  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 from sklearn.metrics import normalized_mutual_info_score  # noqa: E402
+
 from tpsnet_plugin.clustering import ClusterPseudoLabeler  # noqa: E402
 from tpsnet_plugin.losses import InstanceContrastiveLoss  # noqa: E402
-
-from _common import format_table, measure, parse_args, write_json  # noqa: E402
 
 K = 65
 NITER = 20
@@ -87,7 +89,7 @@ def clustering_part(n: int, dim: int, repeats: int):
         pre = preprocess(x.copy(), domains)
         name = f"{num_domains} domain(s) x {n // num_domains}"
 
-        def ours():
+        def ours(x=x, domains=domains, labels=labels):
             return ClusterPseudoLabeler(K, niter=NITER, nredo=NREDO, seed=0).fit(
                 x, domains, true_labels=labels)
 
@@ -95,7 +97,7 @@ def clustering_part(n: int, dim: int, repeats: int):
         res = m_ours.pop("value")
         m_ours.update(nmi=res.nmi, nmi_per_domain=res.nmi_per_domain,
                       matching_cost=res.matching_cost)
-        m_sk = measure(lambda: sklearn_kmeans(pre, domains), repeats, warmup=0)
+        m_sk = measure(lambda pre=pre, domains=domains: sklearn_kmeans(pre, domains), repeats, warmup=0)
         sk_labels = m_sk.pop("value")
         m_sk["nmi_per_domain"] = [float(normalized_mutual_info_score(labels[domains == d],
                                                                       sk_labels[domains == d]))
@@ -162,14 +164,14 @@ def loss_part(batches, repeats: int):
     rows, results = [], {}
     ours_fn = InstanceContrastiveLoss(temperature=TEMPERATURE)
     for batch in batches:
-        m_ours = measure(lambda: _fwd_bwd(ours_fn, batch), repeats, warmup=1)
+        m_ours = measure(lambda batch=batch: _fwd_bwd(ours_fn, batch), repeats, warmup=1)
         ours_value = m_ours.pop("value")
         entry = {"ours": m_ours}
         if batch >= PML_SUBPROCESS_BATCH:
             m_pml = pml_in_subprocess(batch)
             entry["values_equal"] = None
         else:
-            m_pml = measure(lambda: _fwd_bwd(pml_loss(), batch), 1 if batch >= 256 else repeats,
+            m_pml = measure(lambda batch=batch: _fwd_bwd(pml_loss(), batch), 1 if batch >= 256 else repeats,
                             warmup=0 if batch >= 256 else 1)
             pml_value = m_pml.pop("value")
             ok = all(torch.allclose(o, p, rtol=1e-4, atol=1e-6)

@@ -108,11 +108,11 @@ def run_size(num_query: int, num_gallery: int, repeats: int, warmup: int, dense:
     for mode, with_map in (("P@k only", False), ("P@k + mAP@All", True)):
         reference = None
         if dense:
-            ref = record("dense numpy (a)", mode, lambda: dense_reference(*data, with_map),
+            ref = record("dense numpy (a)", mode, lambda with_map=with_map: dense_reference(*data, with_map),
                          reps=min(repeats, 2), warm=0)
             reference = ref["value"]
         for knn in ("auto", "torch"):
-            m = record(f"ours knn={knn}", mode, lambda: cross_domain_retrieval(
+            m = record(f"ours knn={knn}", mode, lambda knn=knn, with_map=with_map: cross_domain_retrieval(
                 query, query_labels, gallery, gallery_labels, ks=KS, knn=knn, map_at_all=with_map))
             if reference is not None:
                 m["max_abs_diff_vs_dense"] = check_equal(m["value"], reference, f"knn={knn} {mode}")

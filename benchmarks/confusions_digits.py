@@ -58,7 +58,8 @@ def confusions(features: torch.Tensor, labels: torch.Tensor, domains: torch.Tens
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="output_dir of a trainer run (has config.yaml, checkpoints/)")
+    parser.add_argument("--run", type=Path, required=True,
+                        help="output_dir of a trainer run (has config.yaml, checkpoints/)")
     parser.add_argument("--top", type=int, default=4, help="class pairs listed per direction")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "confusions_digits.json")
     args = parser.parse_args(argv)
@@ -80,12 +81,14 @@ def main(argv=None) -> dict:
         row["precision_at_1"] = results[direction]["precision_at_1"]
         pairs = ", ".join(f"{c['query_class']}->{c['retrieved_class']} {c['count']}/{c['queries_of_class']}"
                           for c in row["top_confusions"])
-        print(f"{direction:40s} P@1 {row['precision_at_1']:6.2f}  errors {row['errors']:5d}/{row['queries']:5d}  {pairs}")
+        print(f"{direction:40s} P@1 {row['precision_at_1']:6.2f}  "
+              f"errors {row['errors']:5d}/{row['queries']:5d}  {pairs}")
     errors = sum(row["errors"] for row in table.values())
     first = sum(row["top_confusions"][0]["count"] for row in table.values() if row["top_confusions"])
     print(f"most frequent class pair per direction: {first} of {errors} errors ({100 * first / max(errors, 1):.1f}%)")
-    report = {"benchmark": "confusions_digits", "run": str(args.run), "stage": trainer.state.stage, "epoch": trainer.state.epoch,
-              "directions": table, "errors": errors, "errors_in_top_pair_per_direction": first}
+    report = {"benchmark": "confusions_digits", "run": str(args.run), "stage": trainer.state.stage,
+              "epoch": trainer.state.epoch, "directions": table, "errors": errors,
+              "errors_in_top_pair_per_direction": first}
     write_json(args.out, report)
     return report
 

@@ -32,7 +32,8 @@ dev = "cuda"
 
 def main() -> None:
     for amp in (False, True):
-        for chans, size, channels_last in ((1, 224, False), (3, 224, False), (1, 112, False), (1, 224, True), (8, 224, True)):
+        for chans, size, channels_last in ((1, 224, False), (3, 224, False), (1, 112, False), (1, 224, True),
+                                           (8, 224, True)):
             model = timm.create_model("resnet18", num_classes=0, in_chans=chans).to(dev)
             x = torch.rand(32, chans, size, size, device=dev)
             if channels_last:

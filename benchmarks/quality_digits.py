@@ -44,7 +44,8 @@ from tpsnet_plugin.evaluation import mean_metrics  # noqa: E402
 from tpsnet_plugin.training import TPSNetTrainer, load_config  # noqa: E402
 
 VARIANTS = {
-    "instance_only": ["model.text_prior=false", "model.phase_prior=false", "synergy.loss_weights.prototype=0", "cluster.recluster_every=0"],
+    "instance_only": ["model.text_prior=false", "model.phase_prior=false", "synergy.loss_weights.prototype=0",
+                      "cluster.recluster_every=0"],
     "no_priors": ["model.text_prior=false", "model.phase_prior=false"],
     "phase": ["model.text_prior=false"],
     "text": ["model.phase_prior=false"],
@@ -54,7 +55,8 @@ VARIANTS = {
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run_variant(config_path: str, variant: str, seed: int, extra: list[str], out: Path, threads: int | None = None) -> dict:
+def run_variant(config_path: str, variant: str, seed: int, extra: list[str], out: Path,
+                threads: int | None = None) -> dict:
     """Train one run, or reuse it when ``out/<variant>-seed<seed>`` holds a finished run of the same config."""
     overrides = [*VARIANTS[variant], f"seed={seed}", "eval.plots=false", "accelerate.log_with=none", *extra]
     config = load_config(config_path, overrides, output_dir=str(out / f"{variant}-seed{seed}"))
@@ -117,7 +119,8 @@ def main(argv=None) -> dict:
     report: dict = {"config": args.config, "seeds": args.seeds, "extra": args.extra, "variants": {}}
     lines = []
     trained = [v for v in args.variants if v != "raw_pixels"]
-    jobs = [(args.config, v, seed, args.extra, Path(args.work_dir), args.threads) for v in trained for seed in args.seeds]
+    jobs = [(args.config, v, seed, args.extra, Path(args.work_dir), args.threads)
+            for v in trained for seed in args.seeds]
     if args.jobs > 1:
         # spawn: every run starts from a fresh interpreter (no forked torch/OpenMP state)
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
@@ -140,7 +143,8 @@ def main(argv=None) -> dict:
         if "raw_pixels" not in report["variants"] and "raw_pixels" in args.variants:
             baseline = runs[0]["summary"]["raw_pixel_baseline"]
             report["variants"]["raw_pixels"] = {
-                "last": {d: {m: [v, 0.0] for m, v in ms.items()} for d, ms in {**baseline, "mean": mean_metrics(baseline)}.items()}
+                "last": {d: {m: [v, 0.0] for m, v in ms.items()}
+                         for d, ms in {**baseline, "mean": mean_metrics(baseline)}.items()}
             }
         (out / "quality_digits.json").write_text(json.dumps(report, indent=2))
 
@@ -148,12 +152,15 @@ def main(argv=None) -> dict:
         mean = data["last"]["mean"]
         lines.append(
             f"{variant:14s} " + "  ".join(f"{m}={v[0]:.2f}±{v[1]:.2f}" for m, v in mean.items())
-            + (f"  nmi={data['pseudo_label_nmi'][0]:.3f}  peak epochs={data['oracle_peak_epochs']}" if "pseudo_label_nmi" in data else "")
+            + (f"  nmi={data['pseudo_label_nmi'][0]:.3f}  peak epochs={data['oracle_peak_epochs']}"
+               if "pseudo_label_nmi" in data else "")
         )
         for seed, records in zip(report["seeds"], data.get("clustering", [])):
             if records:
-                lines.append(f"{'':14s} seed {seed} clusterings (stage:epoch nmi [per domain] ids_changed): " + "; ".join(
-                    f"{r['stage']}:{r['epoch']} {r['nmi']:.3f} [{' '.join(f'{v:.2f}' for v in r['nmi_per_domain'].values())}] "
+                head = f"{'':14s} seed {seed} clusterings (stage:epoch nmi [per domain] ids_changed): "
+                lines.append(head + "; ".join(
+                    f"{r['stage']}:{r['epoch']} {r['nmi']:.3f} "
+                    f"[{' '.join(f'{v:.2f}' for v in r['nmi_per_domain'].values())}] "
                     f"{r['ids_changed']}" for r in records))
     print("\n".join(lines))
     _plots(report, out)

@@ -70,7 +70,8 @@ def main(argv=None) -> dict[str, float]:
         sampler.set_epoch(epoch)
         for batch_images, batch_labels in loader:
             embeddings = F.normalize(model(batch_images), dim=-1)
-            loss = pair_loss(embeddings, batch_labels, miner(embeddings, batch_labels)) + text_loss(embeddings, batch_labels)
+            pairs = miner(embeddings, batch_labels)
+            loss = pair_loss(embeddings, batch_labels, pairs) + text_loss(embeddings, batch_labels)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

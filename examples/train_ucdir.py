@@ -33,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="YAML config (default: configs/folder.yaml with --data-root, else configs/digits.yaml)")
     parser.add_argument("--data-root", help="dataset root; implies data.dataset=folder")
     parser.add_argument("--domains", nargs="+", help="two or more domain names")
-    parser.add_argument("--num-clusters", type=_positive_int, help="number of clusters C (default: number of classes found)")
+    parser.add_argument("--num-clusters", type=_positive_int,
+                        help="number of clusters C (default: number of classes found)")
     parser.add_argument("--output-dir", help="where checkpoints, metrics and plots go")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
     parser.add_argument("--overwrite", action="store_true",

@@ -16,6 +16,7 @@ def load_cli():
 def test_default_config_follows_the_data():
     cli = load_cli()
     assert cli.config_path(cli.parse_args([])) == REPO / "configs" / "digits.yaml"
-    assert cli.config_path(cli.parse_args(["--data-root", "/data/x", "--domains", "a", "b"])) == REPO / "configs" / "folder.yaml"
+    chosen = cli.config_path(cli.parse_args(["--data-root", "/data/x", "--domains", "a", "b"]))
+    assert chosen == REPO / "configs" / "folder.yaml"
     chosen = cli.config_path(cli.parse_args(["--data-root", "/data/x", "--config", "configs/office_home.yaml"]))
     assert chosen == Path("configs/office_home.yaml")

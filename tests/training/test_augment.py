@@ -25,7 +25,8 @@ def test_pure_horizontal_flip_matches_torch_flip():
     augment = BatchAugment(crop_scale=(1.0, 1.0), rotation=0, translate=0, hflip=True, brightness=0, contrast=0)
     out = augment(images)
     flipped = images.flip(-1)
-    per_image = [torch.allclose(o, i, atol=1e-5) or torch.allclose(o, f, atol=1e-5) for o, i, f in zip(out, images, flipped)]
+    per_image = [torch.allclose(o, i, atol=1e-5) or torch.allclose(o, f, atol=1e-5)
+                 for o, i, f in zip(out, images, flipped)]
     assert all(per_image)
     assert any(torch.allclose(o, f, atol=1e-5) and not torch.allclose(o, i) for o, i, f in zip(out, images, flipped))
 

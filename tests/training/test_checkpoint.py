@@ -33,7 +33,8 @@ def test_save_and_load_restore_the_registered_state(tmp_path):
     accelerator, state = _accelerator_with_state(tmp_path)
     state.stage, state.epoch, state.labels = "synergy", 3, torch.arange(5)
     state.history.append({"stage": "synergy", "epoch": 3, "results": {"a->b": {"precision_at_1": 50.0}}})
-    folder = save_checkpoint(accelerator, tmp_path / "checkpoints", "synergy-epoch003", {"stage": "synergy", "epoch": 3})
+    folder = save_checkpoint(accelerator, tmp_path / "checkpoints", "synergy-epoch003",
+                             {"stage": "synergy", "epoch": 3})
     assert latest_checkpoint(tmp_path / "checkpoints") == folder
     state.stage, state.epoch, state.labels, state.history = "warmup", 0, None, []
     assert load_checkpoint(accelerator, folder) == {"stage": "synergy", "epoch": 3}

@@ -9,7 +9,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 
 def test_defaults_have_every_section():
     config = default_config()
-    assert set(config) == {"seed", "output_dir", "data", "model", "warmup", "cluster", "prompts", "synergy", "augment", "eval", "accelerate"}
+    assert set(config) == {"seed", "output_dir", "data", "model", "warmup", "cluster", "prompts", "synergy", "augment",
+                           "eval", "accelerate"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -115,7 +116,8 @@ def test_no_section_reads_another_sections_keys():
         ("eval.ks=[]", r"'eval.ks' must be a non-empty list"),
         ("eval.ks=5", r"'eval.ks' expects a list"),
         ("eval.knn=annoy", r"'eval.knn' must be one of auto, faiss, torch"),
-        ("synergy.m_per_cluster=3", r"'synergy.batch_size' \(128\) must be a multiple of 'synergy.m_per_cluster' \(3\)"),
+        ("synergy.m_per_cluster=3",
+         r"'synergy.batch_size' \(128\) must be a multiple of 'synergy.m_per_cluster' \(3\)"),
         ("synergy.m_per_cluster=0", r"'synergy.m_per_cluster' must be >= 1"),
         ("cluster.keep_ratio=0", r"'cluster.keep_ratio' must be > 0 and <= 1"),
         ("cluster.anchor=-1", r"'cluster.anchor' expects \"smallest\", a domain index"),

@@ -49,7 +49,8 @@ def test_overwrite_replaces_the_run(run):
     TPSNetTrainer(tiny_config(run, *EXTRA, "synergy.epochs=1")).fit(overwrite=True)
     summary = json.loads((run / "run" / "summary.json").read_text())
     assert summary["last_epoch"] == 1
-    assert sorted(p.name for p in (run / "run" / "checkpoints").iterdir() if p.is_dir()) == ["synergy-epoch001", "synergy-start"]
+    checkpoints = sorted(p.name for p in (run / "run" / "checkpoints").iterdir() if p.is_dir())
+    assert checkpoints == ["synergy-epoch001", "synergy-start"]
     assert not (run / "run" / "logs" / "tpsnet.csv").exists()  # the old CSV is not appended to
 
 
@@ -171,8 +172,8 @@ def _training_processes(output_dir: Path) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the training process through /proc")
 def test_signalled_launcher_stops_training_and_the_output_dir_is_locked(tmp_path):
-    launcher = (str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "1", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no")
+    launcher = (str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "1",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
     process = run_cli(tmp_path, "synergy.epochs=1000", "eval.every=0", launcher=launcher)
     output_dir = tmp_path / "run"
     deadline = time.time() + 300

@@ -18,7 +18,8 @@ def finished_run(folder):
 
 def test_a_new_run_refuses_a_folder_holding_a_run(tmp_path):
     finished_run(tmp_path)
-    with pytest.raises(OutputDirError, match=r"already holds a run \(checkpoints, summary.json, metrics.jsonl\).*--resume.*--overwrite"):
+    message = r"already holds a run \(checkpoints, summary.json, metrics.jsonl\).*--resume.*--overwrite"
+    with pytest.raises(OutputDirError, match=message):
         check_output_dir(tmp_path, resume=False, overwrite=False)
     assert (tmp_path / "summary.json").exists()
 

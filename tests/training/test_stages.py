@@ -50,7 +50,8 @@ def test_fit_runs_each_stage_once_in_order_and_checkpoints_between(tmp_path):
     trainer.stages[-1].hooks.append(hook)
     trainer.fit()
     # each stage starts at epoch 0 with the state naming it; a checkpoint starts every later stage
-    assert order == [("warmup", "warmup", 0), ("cluster", "cluster", 0), ("prompts", "prompts", 0), ("synergy", "synergy", 0)]
+    assert order == [("warmup", "warmup", 0), ("cluster", "cluster", 0), ("prompts", "prompts", 0),
+                     ("synergy", "synergy", 0)]
     assert saved == ["cluster-start", "prompts-start", "synergy-start", "synergy-epoch002"]
     assert trainer.state.stage == "done"
     # the hook saw every synergy epoch, with that epoch's mean loss of every weighted term

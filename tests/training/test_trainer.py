@@ -61,7 +61,8 @@ def test_fit_writes_summary_metrics_and_model(tmp_path):
     assert summary["raw_pixel_baseline"] == summary["baseline"]["results"]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"], r["direction"]) for r in lines] == [
-        ("baseline", 0, d) for d in sorted(directions)] + [("synergy", e, d) for e in (1, 2, 3) for d in sorted(directions)]
+        ("baseline", 0, d) for d in sorted(directions)] + [
+        ("synergy", e, d) for e in (1, 2, 3) for d in sorted(directions)]
     # the label-free epoch is chosen by the recorded score, without labels
     scores = {r["epoch"]: r["label_free_score"] for r in lines if r["stage"] == "synergy"}
     assert all(0 <= s <= 100 for s in scores.values())
@@ -134,8 +135,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
 
 def test_two_processes_gather_each_image_once_and_match_one_process_evaluation(tmp_path):
-    launcher = (str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "2", "--num_machines", "1",
-                "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no")
+    launcher = (str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "2",
+                "--num_machines", "1", "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no")
     # 2 x 97 images over 2 processes with eval batches of 40: the last batches are padded.
     extra = ("data.subset_per_domain=97", "synergy.epochs=2", "synergy.loss_weights.miner=0.5")
     process = run_cli(tmp_path, *extra, launcher=launcher)

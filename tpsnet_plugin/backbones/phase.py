@@ -54,7 +54,8 @@ def phase_only(images: torch.Tensor, amplitude: float | None = None) -> torch.Te
     images = images.to(compute_dtype)
     # Under autocast the grayscale einsum would run in bf16/fp16, and CUDA FFTs reject bfloat16.
     device_type = images.device.type
-    no_autocast = torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else nullcontext()
+    no_autocast = (torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type)
+                   else nullcontext())
     with no_autocast:
         if images.shape[1] == 3:
             weights = torch.tensor(_GRAY_WEIGHTS, dtype=compute_dtype, device=images.device)

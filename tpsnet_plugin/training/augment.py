@@ -72,7 +72,8 @@ class BatchAugment(nn.Module):
             raise ValueError(f"morphology_p is a probability in [0, 1], got {morphology_p}")
         self.morphology_p = float(morphology_p)
         if elastic_alpha < 0 or not elastic_sigma > 0:
-            raise ValueError(f"elastic_alpha must be >= 0 and elastic_sigma > 0, got {elastic_alpha} and {elastic_sigma}")
+            raise ValueError(f"elastic_alpha must be >= 0 and elastic_sigma > 0, "
+                             f"got {elastic_alpha} and {elastic_sigma}")
         self.elastic_alpha = float(elastic_alpha)
         self.elastic_sigma = float(elastic_sigma)
 
@@ -134,7 +135,9 @@ class BatchAugment(nn.Module):
         kernel = kernel / kernel.sum()
         noise = torch.rand(batch, 2, height, width, device=images.device, generator=generator).to(images.dtype) * 2 - 1
         # separable Gaussian blur of the x and y fields (replicate padding works for any size)
-        noise = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1).expand(2, 1, 1, -1), groups=2)
-        noise = F.conv2d(F.pad(noise, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1).expand(2, 1, -1, 1), groups=2)
+        row_kernel = kernel.view(1, 1, 1, -1).expand(2, 1, 1, -1)
+        column_kernel = kernel.view(1, 1, -1, 1).expand(2, 1, -1, 1)
+        noise = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="replicate"), row_kernel, groups=2)
+        noise = F.conv2d(F.pad(noise, (0, 0, radius, radius), mode="replicate"), column_kernel, groups=2)
         scale = torch.tensor([2.0 / width, 2.0 / height], device=images.device, dtype=images.dtype)
         return noise.permute(0, 2, 3, 1) * self.elastic_alpha * scale

@@ -184,7 +184,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(f"Config file {path} is not valid YAML ({problem} at{where or ' an unknown place'})") from None
+        raise ConfigError(f"Config file {path} is not valid YAML "
+                          f"({problem} at{where or ' an unknown place'})") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -390,7 +391,8 @@ def _check_relations(config: Mapping[str, Any]) -> None:
         raise ConfigError("Every 'synergy.loss_weights' is 0: set at least one above 0 (e.g. prototype: 1.0)")
     low, high = config["augment"]["crop_scale"]
     if not (_is_number(low) and _is_number(high) and 0 < low <= high <= 1):
-        raise ConfigError(f"Config key 'augment.crop_scale' must be [low, high] with 0 < low <= high <= 1; got {[low, high]}")
+        raise ConfigError("Config key 'augment.crop_scale' must be [low, high] with 0 < low <= high <= 1; "
+                          f"got {[low, high]}")
     if config["model"]["embed_dim"] % config["model"]["num_heads"]:
         raise ConfigError("Config key 'model.embed_dim' must be a multiple of 'model.num_heads'")
 

@@ -69,7 +69,8 @@ def tsne_plot(
     """Save a 2-D t-SNE of ``embeddings``: colour = class, marker = domain."""
     from sklearn.manifold import TSNE
 
-    points = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, len(embeddings) - 1)).fit_transform(embeddings)
+    tsne = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, len(embeddings) - 1))
+    points = tsne.fit_transform(embeddings)
     markers = "os^vDP*X"
     figure, axis = plt.subplots(figsize=(7, 6))
     for d, name in enumerate(domain_names):

@@ -96,7 +96,8 @@ def build_summary(history: Sequence[Mapping[str, Any]], *, first_k: int, domain_
         "pseudo_label_nmi": clusterings[-1]["clustering"]["nmi"] if clusterings else None,
         "clustering": [{"stage": r["stage"], "epoch": r["epoch"], **r["clustering"]} for r in clusterings],
         # Kept for scripts reading earlier summaries: the baseline's results when it is raw pixels.
-        "raw_pixel_baseline": baseline["results"] if baseline is not None and baseline["kind"] == "raw_pixels" else None,
+        "raw_pixel_baseline": (baseline["results"] if baseline is not None and baseline["kind"] == "raw_pixels"
+                               else None),
         **extra,
     }
 

@@ -8,10 +8,9 @@ data, pseudo-labels, accelerator).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -148,7 +147,8 @@ class PromptStage(Stage):
     def run(self, trainer) -> None:
         _require_labels(trainer, self.name)
         learner, device = trainer.prompt_learner, trainer.device
-        clip_features = F.normalize(trainer.embed(encoder=learner.encode_images, desc="CLIP features"), dim=-1).to(device)
+        clip_features = trainer.embed(encoder=learner.encode_images, desc="CLIP features")
+        clip_features = F.normalize(clip_features, dim=-1).to(device)
         domains = trainer.domains.to(device)
         labels = trainer.state.labels.to(device)
         loss_fn = PromptContrastiveLoss(logit_scale=learner.logit_scale)
@@ -267,7 +267,8 @@ class SynergyStage(Stage):
         loader = DataLoader(trainer.train_dataset(), batch_sampler=sampler, num_workers=trainer.num_workers)
         totals: dict[str, float] = {}
         steps = 0
-        for step, (images, domains, index) in enumerate(trainer.progress(loader, f"stage 2 epoch {trainer.state.epoch + 1}")):
+        batches = trainer.progress(loader, f"stage 2 epoch {trainer.state.epoch + 1}")
+        for step, (images, domains, index) in enumerate(batches):
             if max_steps is not None and step == max_steps:
                 break
             with acc.accumulate(trainer.stage_model):

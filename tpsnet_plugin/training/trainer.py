@@ -289,7 +289,10 @@ class TPSNetTrainer:
         for images, domains, index in self.progress(loader, desc):
             images = images_as_float(images).to(self.device, memory_format=self.memory_format)
             with acc.autocast():
-                out = encoder(images) if encoder is not None else model(images, domains.to(self.device), synergy=synergy)["embedding"]
+                if encoder is not None:
+                    out = encoder(images)
+                else:
+                    out = model(images, domains.to(self.device), synergy=synergy)["embedding"]
             out, index = acc.gather_for_metrics((out.float().contiguous(), index.to(self.device)))
             features.append(out.cpu())
             indices.append(index.cpu())
@@ -394,7 +397,8 @@ class TPSNetTrainer:
             write_records(self.output_dir, state.history)
         mean = mean_metrics(results)
         self.accelerator.log({f"eval/{k}": v for k, v in mean.items()}, step=state.epoch)
-        self.accelerator.print(f"[{state.stage} epoch {state.epoch}] " + ", ".join(f"{k}={v:.2f}" for k, v in mean.items()))
+        self.accelerator.print(f"[{state.stage} epoch {state.epoch}] "
+                               + ", ".join(f"{k}={v:.2f}" for k, v in mean.items()))
 
     # ------------------------------------------------------------------ pseudo-labels
     @property
