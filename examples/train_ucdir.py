@@ -21,6 +21,7 @@ import yaml
 from tpsnet_plugin.training import NonFiniteLossError, TPSNetTrainer, load_config
 from tpsnet_plugin.training.checkpoint import CheckpointError
 from tpsnet_plugin.training.run_dir import TrainingInterrupted, stop_on_signals
+from tpsnet_plugin.utils.cli import positive_int
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIGS / "digits.yaml"  # the embedded Digits data
@@ -33,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="YAML config (default: configs/folder.yaml with --data-root, else configs/digits.yaml)")
     parser.add_argument("--data-root", help="dataset root; implies data.dataset=folder")
     parser.add_argument("--domains", nargs="+", help="two or more domain names")
-    parser.add_argument("--num-clusters", type=_positive_int,
+    parser.add_argument("--num-clusters", type=positive_int,
                         help="number of clusters C (default: number of classes found)")
     parser.add_argument("--output-dir", help="where checkpoints, metrics and plots go")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
@@ -42,16 +43,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any config key (repeatable), e.g. --set synergy.epochs=20")
     return parser.parse_args(argv)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expects a positive integer, got {value}")
-    return value
 
 
 def config_path(args: argparse.Namespace) -> Path:

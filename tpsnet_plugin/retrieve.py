@@ -28,6 +28,7 @@ from .data import IMG_EXTENSIONS, default_transform
 from .data.image_io import load_rgb
 from .evaluation.knn import top_k
 from .models import TPSNet, create_tpsnet
+from .utils.cli import positive_int
 from .utils.io import atomic_save_numpy
 
 _HASH_CHUNK = 1 << 20
@@ -116,22 +117,12 @@ def _cache_key(checkpoint: Path, paths: list[Path], image_size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="output dir of a finished training run")
     parser.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
     parser.add_argument("--query", required=True, nargs="+", help="query image file(s)")
-    parser.add_argument("--topk", type=_positive_int, default=10, help="neighbours per query (>= 1)")
+    parser.add_argument("--topk", type=positive_int, default=10, help="neighbours per query (>= 1)")
     parser.add_argument("--grid", help="write the queries and their top-k as an image grid (PNG)")
     args = parser.parse_args(argv)
 
