@@ -18,13 +18,17 @@ from tpsnet_plugin.data.digits import (
     load_domain,
     raw_pixel_features,
 )
+from tpsnet_plugin.evaluation import evaluate_domains
+from tpsnet_plugin.evaluation import raw_pixel_features as gray_pixel_features
 
-BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_digits.py"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+BUILD_SCRIPT = SCRIPTS / "build_digits.py"
+RGB_DOMAINS = ("mnist-m",)
+GRAY_DOMAINS = tuple(domain for domain in DOMAINS if domain not in RGB_DOMAINS)
 
 
-@pytest.fixture(scope="module")
-def builder():
-    spec = importlib.util.spec_from_file_location("build_digits", BUILD_SCRIPT)
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     # dataclasses look their module up in sys.modules while the script executes
     sys.modules[spec.name] = module
@@ -35,7 +39,17 @@ def builder():
         sys.modules.pop(spec.name, None)
 
 
-@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.fixture(scope="module")
+def builder():
+    yield from _load_script("build_digits")
+
+
+@pytest.fixture(scope="module")
+def mnist_m_script():
+    yield from _load_script("mnist_m")
+
+
+@pytest.mark.parametrize("domain", GRAY_DOMAINS)
 def test_domain_arrays_are_well_formed(domain):
     images, labels = load_domain(domain)
     assert images.dtype == np.uint8 and images.ndim == 3 and images.shape[1:] == (28, 28)
@@ -45,7 +59,7 @@ def test_domain_arrays_are_well_formed(domain):
     assert (images.reshape(len(images), -1).max(axis=1) == 255).all()
 
 
-@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("domain", GRAY_DOMAINS)
 def test_digits_are_white_on_black_and_centred(domain):
     images, _ = load_domain(domain)
     pixels = images.astype(np.float64)
@@ -175,3 +189,102 @@ def test_save_domain_is_byte_deterministic(builder, tmp_path):
     with np.load(tmp_path / "a.npz") as loaded:
         np.testing.assert_array_equal(loaded["images"], images)
         np.testing.assert_array_equal(loaded["labels"], labels)
+
+
+def test_mnist_m_is_rgb_handwritten_mnist():
+    images, labels = load_domain("mnist-m")
+    _, mnist_labels = load_domain("handwritten-mnist")
+    assert images.dtype == np.uint8 and images.shape == (len(mnist_labels), 28, 28, 3)
+    # one blend per handwritten-mnist digit, in its order: same labels, so the same counts
+    np.testing.assert_array_equal(labels, mnist_labels)
+    assert labels.dtype == np.int64
+    assert np.bincount(labels).tolist() == np.bincount(mnist_labels).tolist()
+    # colour, not gray stored three times: channels differ in most pixels of most images
+    differ = (images[..., 0] != images[..., 1]) | (images[..., 1] != images[..., 2])
+    assert differ.mean() > 0.5
+    assert (differ.reshape(len(images), -1).mean(axis=1) > 0.1).mean() > 0.9
+    # photo texture, not a flat background: most images vary well beyond the digit
+    assert (images.reshape(len(images), -1).std(axis=1) > 20).mean() > 0.9
+
+
+def test_rgb_domain_items_stay_rgb():
+    stored, labels = load_domain("mnist-m")
+    dataset = DigitsDomain("mnist-m")  # 3 x 32 x 32
+    image, label, index = dataset[7]
+    assert dataset.rgb and not DigitsDomain("printed").rgb
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert label == labels[7] and index == 7
+    assert not torch.equal(image[0], image[1])
+    # the same resize as the gray domains, per channel: Pillow's bilinear within rounding
+    reference = np.asarray(Image.fromarray(stored[7]).resize((32, 32), Image.Resampling.BILINEAR))
+    assert np.abs(image.permute(1, 2, 0).numpy() - reference / 255.0).max() < 3 / 255
+    batch = dataset.images_tensor()
+    assert batch.shape == (len(dataset), 3, 32, 32)
+    for i in (0, len(dataset) - 1):
+        assert torch.equal(batch[i], dataset[i][0])
+    # native size is the stored array; one channel is the mean of the three
+    native = DigitsDomain("mnist-m", image_size=28)[3][0]
+    assert torch.allclose(native, torch.from_numpy(stored[3]).permute(2, 0, 1).float() / 255.0)
+    gray = DigitsDomain("mnist-m", image_size=28, channels=1)[3][0]
+    assert gray.shape == (1, 28, 28)
+    assert torch.allclose(gray[0], torch.from_numpy(stored[3]).float().mean(2) / 255.0, atol=1e-6)
+    features = raw_pixel_features("mnist-m")
+    np.testing.assert_allclose(
+        features, gray_pixel_features(torch.from_numpy(stored).permute(0, 3, 1, 2), normalize=False),
+        atol=1e-6)
+
+
+def test_rgb_domain_transform_receives_rgb_pil_image():
+    seen = []
+
+    def record(image):
+        seen.append((image.mode, image.size))
+        return np.asarray(image)
+
+    stored, _ = load_domain("mnist-m")
+    rgb = DigitsDomain("mnist-m", image_size=28, transform=record)[5][0]
+    gray = DigitsDomain("mnist-m", image_size=40, channels=1, transform=record)[5][0]
+    assert seen == [("RGB", (28, 28)), ("L", (40, 40))]
+    np.testing.assert_array_equal(rgb, stored[5])
+    assert gray.shape == (40, 40)
+
+
+def _raw_pixel_p1(domains):
+    """Raw-pixel P@1 of every direction between ``domains``, with the package's evaluation."""
+    features, labels, ids = [], [], []
+    for i, name in enumerate(domains):
+        images, domain_labels = load_domain(name)
+        images = torch.from_numpy(images)
+        images = images.permute(0, 3, 1, 2) if images.ndim == 4 else images[:, None]
+        features.append(gray_pixel_features(images))  # gray = mean of the channels
+        labels.append(domain_labels)
+        ids.append(np.full(len(domain_labels), i))
+    results = evaluate_domains(torch.cat(features), np.concatenate(labels), np.concatenate(ids),
+                               domain_names=list(domains), ks=(1,), map_at_all=False)
+    return {direction: metrics["precision_at_1"] for direction, metrics in results.items()}
+
+
+def test_mnist_m_shift_is_real_for_raw_pixels():
+    p1 = _raw_pixel_p1(("handwritten-mnist", "printed", "mnist-m"))
+    # mnist-m queries: the photo texture hides the digit from raw pixels, far more than the
+    # handwriting-to-print shape change does.
+    assert p1["mnist-m->handwritten-mnist"] < 0.75 * p1["printed->handwritten-mnist"]
+    # The other direction (handwritten-mnist->mnist-m) is not below printed's: the mnist-m gallery
+    # holds the same writers' digits, and those blended into dark crops stay close to
+    # white-on-black copies, so raw pixels still find them.
+
+
+def test_build_mnist_m_is_deterministic(mnist_m_script, tmp_path):
+    rng = np.random.default_rng(0)
+    digits = np.zeros((5, 28, 28), dtype=np.uint8)
+    digits[:, 6:22, 12:16] = rng.integers(100, 256, size=(5, 16, 4), dtype=np.uint8)
+    photos = []
+    for i, size in enumerate(((90, 70), (64, 120))):
+        path = tmp_path / f"photo{i}.png"
+        Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)).save(path)
+        photos.append(path)
+    first = mnist_m_script.build_mnist_m(digits, photos, seed=3)
+    second = mnist_m_script.build_mnist_m(digits, photos, seed=3)
+    assert first.dtype == np.uint8 and first.shape == (5, 28, 28, 3)
+    assert first.tobytes() == second.tobytes()
+    assert not np.array_equal(first, mnist_m_script.build_mnist_m(digits, photos, seed=4))
