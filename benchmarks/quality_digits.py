@@ -18,8 +18,8 @@ GPU machine with many cores the whole study takes minutes instead of hours.
 
 Prints mean ± std over seeds of P@1/5/15 and mAP@All per direction and averaged, the pseudo-label
 NMI, the epoch at which each run peaked (oracle, uses labels: a measure of pseudo-label drift), and
-writes ``benchmarks/results/quality_digits.json`` plus ``quality_digits_ablation.png`` (per-direction
-bars) and ``quality_digits_curve.png`` (the full model's P@1 per evaluation and pseudo-label NMI per
+writes ``benchmarks/results/<name>.json`` (``--name``, default ``quality_digits``) plus ``<name>_ablation.png``
+(per-direction bars) and ``<name>_curve.png`` (the full model's P@1 per evaluation and pseudo-label NMI per
 clustering vs stage-2 epoch).
 A finished run (``<work-dir>/<variant>-seed<k>/summary.json`` with the same config) is reused, so an
 interrupted study continues where it stopped and runs made on another machine can be merged.
@@ -70,9 +70,26 @@ def run_variant(config_path: str, variant: str, seed: int, extra: list[str], out
             import torch
 
             torch.set_num_threads(threads)
-        summary = TPSNetTrainer(config).fit()
+        summary = TPSNetTrainer(config).fit(overwrite=True)  # an unfinished run of this variant is redone
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"summary": summary, "history": history, "seconds": summary["wall_seconds"], "device": _device()}
+
+
+def _label_free_vs_oracle(runs: list[dict]) -> dict:
+    """Per run: the label-free epoch, the oracle epoch and the mean P@1 the label-free choice gives up."""
+    rows = []
+    for run in runs:
+        summary = run["summary"]
+        chosen, oracle = summary.get("label_free_best"), summary["oracle_best"]
+        if chosen is None:
+            continue
+        p1 = {name: statistics.fmean(metrics["precision_at_1"] for direction, metrics in record.items()
+                                     if isinstance(metrics, dict) and "precision_at_1" in metrics)
+              for name, record in (("label_free", chosen), ("oracle", oracle))}
+        rows.append({"label_free_epoch": chosen["epoch"], "oracle_epoch": oracle["epoch"],
+                     "last_epoch": summary["last_epoch"], "p1_given_up": p1["oracle"] - p1["label_free"]})
+    return {"runs": rows, "same_epoch": sum(r["label_free_epoch"] == r["oracle_epoch"] for r in rows),
+            "of": len(rows)}
 
 
 def _device() -> str:
@@ -110,6 +127,7 @@ def main(argv=None) -> dict:
                         help="extra config overrides for every run")
     parser.add_argument("--work-dir", default="outputs/quality_digits")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--name", default="quality_digits", help="file stem of the JSON and plots")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in worker processes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
     args = parser.parse_args(argv)
@@ -136,6 +154,7 @@ def main(argv=None) -> dict:
             # every clustering of every run (after the warm-up, then each re-clustering): where labels drift
             "clustering": [r["summary"].get("clustering", []) for r in runs],
             "oracle_peak_epochs": peaks,
+            "label_free": _label_free_vs_oracle(runs),
             "seconds": [r["seconds"] for r in runs],
             "devices": sorted({r["device"] for r in runs}),
             "curves": [r["history"] for r in runs],
@@ -146,7 +165,7 @@ def main(argv=None) -> dict:
                 "last": {d: {m: [v, 0.0] for m, v in ms.items()}
                          for d, ms in {**baseline, "mean": mean_metrics(baseline)}.items()}
             }
-        (out / "quality_digits.json").write_text(json.dumps(report, indent=2))
+        (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
 
     for variant, data in report["variants"].items():
         mean = data["last"]["mean"]
@@ -154,6 +173,9 @@ def main(argv=None) -> dict:
             f"{variant:14s} " + "  ".join(f"{m}={v[0]:.2f}±{v[1]:.2f}" for m, v in mean.items())
             + (f"  nmi={data['pseudo_label_nmi'][0]:.3f}  peak epochs={data['oracle_peak_epochs']}"
                if "pseudo_label_nmi" in data else "")
+            + (f"  label-free epochs={[r['label_free_epoch'] for r in data['label_free']['runs']]}"
+               f" (oracle's in {data['label_free']['same_epoch']}/{data['label_free']['of']})"
+               if data.get("label_free", {}).get("runs") else "")
         )
         for seed, records in zip(report["seeds"], data.get("clustering", [])):
             if records:
@@ -163,11 +185,11 @@ def main(argv=None) -> dict:
                     f"[{' '.join(f'{v:.2f}' for v in r['nmi_per_domain'].values())}] "
                     f"{r['ids_changed']}" for r in records))
     print("\n".join(lines))
-    _plots(report, out)
+    _plots(report, out, args.name)
     return report
 
 
-def _plots(report: dict, out: Path) -> None:
+def _plots(report: dict, out: Path, name: str = "quality_digits") -> None:
     variants = list(report["variants"])
     directions = [d for d in report["variants"][variants[0]]["last"] if d != "mean"]
     figure, axis = plt.subplots(figsize=(max(8, len(directions) * 1.2), 4))
@@ -181,7 +203,7 @@ def _plots(report: dict, out: Path) -> None:
     axis.set_ylabel("P@1 (last epoch)")
     axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(out / "quality_digits_ablation.png", dpi=100)
+    figure.savefig(out / f"{name}_ablation.png", dpi=100)
     plt.close(figure)
 
     if "full" in report["variants"]:
@@ -191,7 +213,8 @@ def _plots(report: dict, out: Path) -> None:
         for seed, history, clusterings in zip(report["seeds"], full["curves"], clusterings_per_seed):
             by_epoch: dict[int, list[dict]] = {}
             for line in history:
-                by_epoch.setdefault(line["epoch"], []).append(line)
+                if line["stage"] == "synergy":
+                    by_epoch.setdefault(line["epoch"], []).append(line)
             epochs = sorted(by_epoch)
             p1 = [statistics.fmean(x["metrics"]["precision_at_1"] for x in by_epoch[e]) for e in epochs]
             (line,) = axis.plot(epochs, p1, marker="o", label=f"P@1 seed {seed}")
@@ -201,7 +224,7 @@ def _plots(report: dict, out: Path) -> None:
         axis.set_xlabel("stage-2 epoch (0: clustering after the warm-up)")
         axis.legend(fontsize=7)
         figure.tight_layout()
-        figure.savefig(out / "quality_digits_curve.png", dpi=100)
+        figure.savefig(out / f"{name}_curve.png", dpi=100)
         plt.close(figure)
 
 
