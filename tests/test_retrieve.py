@@ -161,3 +161,14 @@ def test_load_scales_16_bit_and_float_images_like_the_datasets(tmp_path):
     with pytest.raises(OSError, match="8-bit PNG or JPEG") as err:
         retrieve._load(tmp_path / "nan.tif", transform)
     assert str(tmp_path / "nan.tif") in str(err.value)
+
+
+def test_damaged_weights_are_named_and_the_command_prints_one_line(run_copy, gallery, capsys):
+    weights = run_copy / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(ValueError, match="model.safetensors is damaged or truncated"):
+        retrieve.load_trained_model(run_copy)
+    query = next(gallery.iterdir())
+    status = retrieve.cli(["--checkpoint", str(run_copy), "--gallery", str(gallery), "--query", str(query)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("retrieve: error: ") and "Traceback" not in err

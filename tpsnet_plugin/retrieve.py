@@ -48,12 +48,21 @@ def load_trained_model(checkpoint: str | Path) -> tuple[TPSNet, dict]:
                 f"{path} is missing: --checkpoint must be the output dir of a finished run "
                 "(examples/train_ucdir.py writes config.yaml and model/ at the end)"
             )
-    config = yaml.safe_load(config_file.read_text())
-    meta = json.loads(meta_file.read_text())
+    try:
+        config = yaml.safe_load(config_file.read_text())
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise ValueError(f"The run in {checkpoint} is damaged ({error}); train it again") from None
     # the trained weights replace any pretrained ones: build the architecture only
     model = create_tpsnet(config["model"], meta["embed_dim"], meta["num_domains"],
                           meta["num_clusters"], pretrained=False)
-    model.load_state_dict(load_file(str(weights)))
+    try:
+        state = load_file(str(weights))
+    except Exception as error:  # safetensors reports damaged files with its own error type
+        raise ValueError(
+            f"{weights} is damaged or truncated ({error}); train the run again, or copy the file again"
+        ) from None
+    model.load_state_dict(state)
     return model.eval(), config
 
 
@@ -158,5 +167,15 @@ def main(argv=None) -> list[dict]:
     return results
 
 
+def cli(argv=None) -> int:
+    """Run :func:`main` as a command: one-line errors and an exit status instead of tracebacks."""
+    try:
+        main(argv)
+    except (ValueError, OSError) as error:
+        print(f"retrieve: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    sys.exit(cli())
