@@ -63,6 +63,7 @@ def load_trained_model(checkpoint: str | Path) -> tuple[TPSNet, dict]:
             f"{weights} is damaged or truncated ({error}); train the run again, or copy the file again"
         ) from None
     model.load_state_dict(state)
+    config["model_meta"] = meta  # the trained run's facts (image size after data.image_size=auto, ...)
     return model.eval(), config
 
 
@@ -137,7 +138,7 @@ def main(argv=None) -> list[dict]:
 
     checkpoint = Path(args.checkpoint)
     model, config = load_trained_model(checkpoint)
-    size = int(config["data"]["image_size"])
+    size = int(config["model_meta"].get("image_size") or config["data"]["image_size"])
     paths, gallery = gallery_embeddings(model, checkpoint, Path(args.gallery), size)
     query_paths = [Path(q) for q in args.query]
     queries = embed_images(model, query_paths, size)

@@ -185,3 +185,10 @@ def test_utf8_bom_is_accepted(tmp_path):
 def test_malformed_override_value():
     with pytest.raises(ValueError, match=r"Override 'eval.ks=\[1, 5': the value .* is not valid YAML"):
         load_config(overrides=["eval.ks=[1, 5"])
+
+
+def test_image_size_auto_or_pixels():
+    assert load_config(overrides=["data.image_size=auto"])["data"]["image_size"] == "auto"
+    for bad in ("big", "4", "12.5"):
+        with pytest.raises(ValueError, match=r"'data.image_size' expects an image side in pixels >= 8, or \"auto\""):
+            load_config(overrides=[f"data.image_size={bad}"])

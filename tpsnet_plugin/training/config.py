@@ -234,7 +234,6 @@ _CHOICES = {
 }
 # (minimum, maximum, minimum excluded) of numeric options; None = unbounded.
 _RANGES = {
-    "data.image_size": (8, None, False),
     "data.num_workers": (0, None, False),
     "model.embed_dim": (1, None, False),
     "model.num_heads": (1, None, False),
@@ -346,6 +345,10 @@ def _check_type(path: str, default: Any, value: Any) -> None:
         if kind is list and not isinstance(value, list):
             raise fail("a list or null")
         return
+    if path == "data.image_size":
+        if value == "auto" or (_is_int(value) and value >= 8):
+            return
+        raise fail('an image side in pixels >= 8, or "auto" (fit the data)')
     if path == "cluster.anchor":
         if value is None or value == "smallest" or (_is_int(value) and value >= 0):
             return

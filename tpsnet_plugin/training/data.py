@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..data import DigitsDomain, DomainSubset, MultiDomainDataset, build_folder_domains
+from ..data import DigitsDomain, DomainSubset, MultiDomainDataset, build_folder_domains, default_transform, load_domain
 from .progress import progress
 
 
@@ -20,8 +21,10 @@ def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainD
     domains = list(data_config["domains"])
     if len(domains) < 2:
         raise ValueError(f"UCDIR needs at least two domains, got {domains}. Pass e.g. --domains A B")
-    size = int(data_config["image_size"])
+    size = 64 if data_config["image_size"] == "auto" else int(data_config["image_size"])
     if data_config["dataset"] == "digits":
+        if data_config["image_size"] == "auto":
+            size = max(load_domain(d)[0].shape[1] for d in domains)  # the arrays' native size
         dataset = MultiDomainDataset([DigitsDomain(d, image_size=size) for d in domains], domain_names=domains)
     elif data_config["dataset"] == "folder":
         if not data_config["root"]:
@@ -38,10 +41,35 @@ def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainD
         )
     else:
         raise ValueError(f"Unknown data.dataset {data_config['dataset']!r}: use 'digits' or 'folder'")
+    if data_config["dataset"] == "folder" and data_config["image_size"] == "auto":
+        size = fitting_image_size(dataset, seed=seed)
+        for part in dataset.datasets:
+            part.transform = default_transform(size)
     if data_config["subset_per_domain"]:
         parts = [DomainSubset(part, int(data_config["subset_per_domain"]), seed=seed) for part in dataset.datasets]
         dataset = MultiDomainDataset(parts, domain_names=dataset.domain_names)
     return dataset
+
+
+AUTO_SIZE_RANGE = (16, 96)
+
+
+def fitting_image_size(dataset: MultiDomainDataset, sample: int = 256, seed: int = 0) -> int:
+    """The ``image_size: auto`` of a folder dataset: the median shorter side of its images.
+
+    Read from the headers of up to ``sample`` random files per domain, rounded down to a multiple
+    of 8 and clipped to ``AUTO_SIZE_RANGE``: small images are not blown up, large photos are
+    brought to a size a CPU trains on in minutes (raise ``data.image_size`` on a GPU).
+    """
+    rng = np.random.default_rng(seed)
+    sides = []
+    for part in dataset.datasets:
+        paths = [path for path, _ in part.samples]
+        for index in rng.permutation(len(paths))[:sample]:
+            with Image.open(paths[index]) as image:
+                sides.append(min(image.size))
+    low, high = AUTO_SIZE_RANGE
+    return int(min(max(int(np.median(sides)) // 8 * 8, low), high))
 
 
 def cache_images(dataset: Dataset, num_workers: int = 0, show_progress: bool = True) -> torch.Tensor:

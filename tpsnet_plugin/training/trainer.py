@@ -95,6 +95,7 @@ class TPSNetTrainer:
         self.num_workers = int(cfg["data"]["num_workers"])
         self.true_labels = np.asarray(self.dataset.labels, dtype=np.int64)
         self.domains = torch.as_tensor(np.asarray(self.dataset.domains), dtype=torch.long)
+        self.image_size = int(self.dataset[0][0].shape[-1])  # resolved (data.image_size may be "auto")
         self.images = (
             cache_images(self.dataset, self.num_workers, show_progress=self.accelerator.is_local_main_process)
             if cfg["data"]["cache_in_memory"] else None
@@ -232,6 +233,7 @@ class TPSNetTrainer:
             export_model(self.accelerator, self.accelerator.unwrap_model(self.stage_model).tpsnet, self.output_dir, {
                 "embed_dim": self.embed_dim, "num_domains": self.num_domains, "num_clusters": self.num_clusters,
                 "domain_names": self.domain_names, "classes": list(self.dataset.classes),
+                "image_size": self.image_size,
             })
             write_summary(self.output_dir, summary)
             if self.config["eval"]["plots"]:
