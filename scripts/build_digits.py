@@ -17,7 +17,7 @@ a rebuild on a machine with the same packages gives the same bytes.
 
 Usage::
 
-    python scripts/build_digits.py [--out DIR]
+    python scripts/build_digits.py [--out DIR] [--no-mnist-m]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import argparse
 import io
 import os
 import re
+import sys
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -414,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--no-mnist-m", action="store_true",
+                        help="skip the RGB mnist-m domain (scripts/mnist_m.py, fetches photo packages)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -447,6 +450,11 @@ def main(argv: list[str] | None = None) -> None:
     skipped = skipped_printed + skipped_handwriting
     print(f"skipped {len(skipped)} font files:\n  " + "\n  ".join(skipped))
     write_provenance(args.out / "PROVENANCE.md", counts, fonts, skipped)
+    if not args.no_mnist_m:  # blends the handwritten-mnist just written; adds its PROVENANCE section
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import mnist_m
+
+        mnist_m.write_domain(args.out, source=args.out / "handwritten-mnist.npz")
 
 
 if __name__ == "__main__":
