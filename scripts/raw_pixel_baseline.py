@@ -22,8 +22,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     features, labels, domains = [], [], []
     for d, name in enumerate(DOMAINS):
-        images, domain_labels = load_domain(name)  # N x 28 x 28 uint8
-        features.append(raw_pixel_features(torch.from_numpy(images)[:, None]))
+        images, domain_labels = load_domain(name)  # uint8 N x 28 x 28, or N x 28 x 28 x 3 (mnist-m)
+        images = torch.from_numpy(images)
+        features.append(raw_pixel_features(images.permute(0, 3, 1, 2) if images.ndim == 4 else images[:, None]))
         labels.append(domain_labels)
         domains.append(np.full(len(images), d))
     results = evaluate_domains(
