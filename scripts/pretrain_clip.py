@@ -1,0 +1,324 @@
+"""Pretrain an open_clip model on the offline icon corpus (no pretrained weights can be downloaded).
+
+Trains with open_clip's own ``ClipLoss`` under Hugging Face Accelerate on the ``train`` split of
+the icon corpus (``scripts/build_icons.py``; ``tpsnet_plugin.data.icons.load_manifest``):
+
+* caption: a random template of ``TEMPLATES`` filled with the icon's caption;
+* augmentation, batched on tensors: random resized crop, horizontal flip (not for captions
+  with a direction word such as "left" or "next"), brightness/contrast/saturation jitter and
+  random grayscale; then the same antialiased resize + CLIP normalisation as evaluation;
+* theme-balanced sampling: a theme is drawn with probability proportional to
+  (its image count) ** ``--theme-power`` (0 = every theme equally often, 1 = every image equally
+  often; papirus alone is 48 % of the training images), then an image of that theme uniformly;
+  one image per icon name in a batch (the same name in two themes would be a false negative);
+* resumable: ``accelerator.save_state`` every ``--save-every`` steps into
+  ``<output-dir>/checkpoint`` (written to a temporary folder, then renamed), and ``--resume``
+  continues from it; the final weights go to ``<output-dir>/model.safetensors`` with a
+  ``train_log.json`` (loss curve, settings, wall time).
+
+Example::
+
+    nice -n 10 python scripts/pretrain_clip.py --output-dir runs/icons_clip --steps 6000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import tpsnet_plugin  # noqa: F401  (registers tpsnet-tiny-clip)
+
+# isort: split
+import open_clip
+from open_clip.loss import ClipLoss
+
+from tpsnet_plugin.data.icons import TEMPLATES, default_cache_dir, load_manifest
+from tpsnet_plugin.text_prior import TINY_CLIP_MODEL
+from tpsnet_plugin.text_prior.icons_clip import load_images, preprocess
+
+DIRECTION_WORDS = frozenset({"left", "right", "next", "previous", "prev", "forward", "back", "backward",
+                             "undo", "redo", "rtl", "ltr", "first", "last", "start", "end", "rewind",
+                             "indent", "unindent", "justify", "east", "west", "align", "ff", "rew"})
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=TINY_CLIP_MODEL, help="open_clip model name")
+    parser.add_argument("--cache-dir", default=None, help=f"icon corpus folder (default {default_cache_dir()})")
+    parser.add_argument("--output-dir", required=True, help="checkpoints, final weights and log")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default 2000)")
+    length.add_argument("--epochs", type=float, default=None,
+                        help="run length in passes over the training images (steps = epochs * N / batch)")
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--warmup", type=int, default=200, help="linear warm-up steps, then cosine decay")
+    parser.add_argument("--image-size", type=positive_int, default=64,
+                        help="size the corpus images are loaded at (the crop works at this size; the "
+                             "model's own input size comes from its config)")
+    parser.add_argument("--theme-power", type=float, default=0.5,
+                        help="theme sampling probability ~ count ** power (0: uniform over themes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=positive_int, default=500, help="checkpoint interval (steps)")
+    parser.add_argument("--log-every", type=positive_int, default=50)
+    parser.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    return parser.parse_args(argv)
+
+
+class ThemeBalancedSampler:
+    """Batches of image indices: theme ~ count ** power, then a uniform image of the theme,
+    one image per icon name. Holds its own numpy generator (checkpointed with the run)."""
+
+    def __init__(self, themes: list[str], names: list[str], power: float, seed: int):
+        self.names = np.asarray(names)
+        order = sorted(set(themes))
+        self.by_theme = [np.flatnonzero(np.asarray(themes) == theme) for theme in order]
+        counts = np.array([len(indices) for indices in self.by_theme], dtype=np.float64)
+        weights = counts ** power
+        self.theme_probs = weights / weights.sum()
+        self.themes = order
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int) -> np.ndarray:
+        chosen: list[int] = []
+        seen: set[str] = set()
+        while len(chosen) < size:
+            theme_ids = self.rng.choice(len(self.by_theme), size=2 * size, p=self.theme_probs)
+            for theme_id in theme_ids:
+                indices = self.by_theme[theme_id]
+                index = int(indices[self.rng.integers(len(indices))])
+                if self.names[index] not in seen:
+                    seen.add(self.names[index])
+                    chosen.append(index)
+                    if len(chosen) == size:
+                        break
+        return np.asarray(chosen)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+class Progress:
+    """The step counter and loss curve, checkpointed by Accelerate (register_for_checkpointing)."""
+
+    def __init__(self):
+        self.step = 0
+        self.curve: list[list[float]] = []  # [step, mean loss over the last log interval]
+        self.elapsed = 0.0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "curve": self.curve, "elapsed": self.elapsed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.curve, self.elapsed = int(state["step"]), list(state["curve"]), float(state["elapsed"])
+
+
+def augment(images: torch.Tensor, flippable: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """uint8 B x 3 x H x W -> float [0, 1], augmented, same size."""
+    x = images.float() / 255.0
+    b, device = x.shape[0], x.device
+
+    def uniform(low, high, shape=(b,)):
+        return low + (high - low) * torch.rand(shape, generator=generator).to(device)
+
+    # random resized crop: area share in [0.5, 1], aspect ratio in [3/4, 4/3], as an affine grid
+    area = uniform(0.5, 1.0)
+    log_ratio = uniform(math.log(3 / 4), math.log(4 / 3))
+    ratio = torch.exp(log_ratio)
+    sx = torch.sqrt(area * ratio).clamp(max=1.0)
+    sy = torch.sqrt(area / ratio).clamp(max=1.0)
+    tx = (1 - sx) * uniform(-1.0, 1.0)
+    ty = (1 - sy) * uniform(-1.0, 1.0)
+    flip = (torch.rand(b, generator=generator).to(device) < 0.5) & flippable.to(device)
+    theta = torch.zeros(b, 2, 3, device=device)
+    theta[:, 0, 0] = sx * torch.where(flip, -1.0, 1.0)
+    theta[:, 0, 2] = tx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # border padding: icons sit on white backgrounds, a crop never reaches past the image anyway
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    # colour jitter: brightness, contrast, saturation (each x [0.7, 1.3]), random grayscale 20 %
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    x = x * uniform(0.7, 1.3).view(b, 1, 1, 1)
+    mean = gray.mean(dim=(2, 3), keepdim=True)
+    x = (x - mean) * uniform(0.7, 1.3).view(b, 1, 1, 1) + mean
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    x = (x - gray) * uniform(0.7, 1.3).view(b, 1, 1, 1) + gray
+    to_gray = (torch.rand(b, generator=generator).to(device) < 0.2).view(b, 1, 1, 1)
+    x = torch.where(to_gray, gray.expand_as(x), x)
+    return x.clamp(0.0, 1.0)
+
+
+def cosine_lr(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def save_checkpoint(accelerator, output_dir: Path) -> None:
+    """save_state into a temporary folder, then swap it in (a crash leaves the old one intact)."""
+    final, tmp, old = output_dir / "checkpoint", output_dir / "checkpoint.tmp", output_dir / "checkpoint.old"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "COMPLETE").write_text("ok\n")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def find_checkpoint(output_dir: Path) -> Path | None:
+    for candidate in (output_dir / "checkpoint", output_dir / "checkpoint.old"):
+        if (candidate / "COMPLETE").is_file():
+            return candidate
+    return None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator()
+    set_seed(args.seed)
+
+    records = [r for r in load_manifest(args.cache_dir) if r.split == "train"]
+    start = time.time()
+    images = load_images([r.path for r in records], size=args.image_size)
+    accelerator.print(f"{len(records)} training images ({len(set(r.theme for r in records))} themes) "
+                      f"loaded in {time.time() - start:.1f} s")
+    captions = [r.caption for r in records]
+    flippable = torch.tensor([not (set(c.split()) & DIRECTION_WORDS) for c in captions])
+
+    if args.steps is None and args.epochs is None:
+        args.steps = 2000
+    total_steps = args.steps or max(1, round(args.epochs * len(records) / args.batch_size))
+
+    model, _, _ = open_clip.create_model_and_transforms(args.model)
+    tokenizer = open_clip.get_tokenizer(args.model)
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "logit_scale" in name or "positional" in name
+         or "class_embedding" in name else decay).append(param)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98),
+                                  eps=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total_steps, args.warmup))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    sampler = ThemeBalancedSampler([r.theme for r in records], [r.name for r in records],
+                                   args.theme_power, args.seed + accelerator.process_index)
+    progress = Progress()
+    accelerator.register_for_checkpointing(sampler, progress)
+    generator = torch.Generator().manual_seed(args.seed)
+    py_rng = random.Random(args.seed)
+
+    if args.resume:
+        checkpoint = find_checkpoint(output_dir)
+        if checkpoint is None:
+            accelerator.print(f"--resume: no finished checkpoint in {output_dir}, starting from step 0")
+        else:
+            accelerator.load_state(str(checkpoint))
+            # fresh streams derived from the step, so a resumed run is reproducible
+            generator.manual_seed(args.seed * 1_000_003 + progress.step)
+            py_rng.seed(args.seed * 1_000_003 + progress.step)
+            accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
+    elif find_checkpoint(output_dir) is not None:
+        accelerator.print(f"{output_dir} already holds a checkpoint: pass --resume to continue it "
+                          "or use another --output-dir")
+        return 2
+
+    loss_fn = ClipLoss(rank=accelerator.process_index, world_size=accelerator.num_processes)
+    unwrapped = accelerator.unwrap_model(model)
+    model.train()
+    bar = tqdm(total=total_steps, initial=progress.step, desc="pretrain", disable=not accelerator.is_main_process,
+               dynamic_ncols=True, mininterval=5 if not sys.stderr.isatty() else 0.1)
+    window: list[float] = []
+    last = time.time()
+    while progress.step < total_steps:
+        indices = sampler.batch(args.batch_size)
+        batch = augment(images[indices], flippable[indices], generator).to(accelerator.device)
+        batch = preprocess(batch, unwrapped)
+        texts = [py_rng.choice(TEMPLATES).format(captions[i]) for i in indices]
+        tokens = tokenizer(texts).to(accelerator.device)
+        image_features, text_features, logit_scale = model(batch, tokens)[:3]
+        loss = loss_fn(image_features, text_features, logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            unwrapped.logit_scale.clamp_(0, math.log(100))
+        progress.step += 1
+        now = time.time()
+        progress.elapsed += now - last
+        last = now
+        window.append(float(loss.detach()))
+        bar.update(1)
+        if progress.step % args.log_every == 0 or progress.step == total_steps:
+            progress.curve.append([progress.step, float(np.mean(window))])
+            bar.set_postfix(loss=f"{np.mean(window):.3f}", scale=f"{unwrapped.logit_scale.exp().item():.1f}")
+            if not sys.stderr.isatty():
+                accelerator.print(f"step {progress.step}/{total_steps} loss {np.mean(window):.4f} "
+                                  f"logit_scale {unwrapped.logit_scale.exp().item():.1f} "
+                                  f"{progress.elapsed / progress.step:.3f} s/step", flush=True)
+            window = []
+        if progress.step % args.save_every == 0 and progress.step < total_steps:
+            save_checkpoint(accelerator, output_dir)
+            last = time.time()
+    bar.close()
+    save_checkpoint(accelerator, output_dir)
+    if accelerator.is_main_process:
+        state = {k: v.detach().cpu().contiguous() for k, v in unwrapped.state_dict().items()}
+        tmp = output_dir / "model.safetensors.tmp"
+        save_file(state, str(tmp), metadata={"model": args.model, "steps": str(progress.step)})
+        os.replace(tmp, output_dir / "model.safetensors")
+        log = {"model": args.model, "settings": vars(args), "total_steps": total_steps,
+               "train_images": len(records), "train_seconds": round(progress.elapsed, 1),
+               "loss_curve": progress.curve,
+               "theme_probabilities": dict(zip(sampler.themes, map(float, sampler.theme_probs)))}
+        (output_dir / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+        accelerator.print(f"done: {progress.step} steps, {progress.elapsed:.0f} s; weights in "
+                          f"{output_dir / 'model.safetensors'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
