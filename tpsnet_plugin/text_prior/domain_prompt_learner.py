@@ -38,6 +38,8 @@ TINY_CLIP_MODEL = "tpsnet-tiny-clip"
 _MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_MODEL_CONFIG_DIR)
 
+from .pretrained_icons import ICONS_TAG, icons_weights_path  # noqa: E402  (registers the "icons" tag)
+
 # Placeholder word of the context positions; CLIP's BPE lower-cases it to the single token "x</w>".
 _PLACEHOLDER = "X"
 _SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
@@ -247,6 +249,8 @@ def _create_frozen_clip(
             close = difflib.get_close_matches(clip_model, known, n=5, cutoff=0.5)
             raise ValueError(f"Unknown open_clip model '{clip_model}'. Close matches: {close}. "
                              "open_clip.list_models() lists every name.")
+    if pretrained and not is_schema and pretrained.lower() == ICONS_TAG and not os.path.isfile(pretrained):
+        pretrained = icons_weights_path(clip_model)  # packaged weights, checked; clear error if absent
     is_tag = bool(pretrained) and not is_schema and not os.path.isfile(pretrained)
     if is_tag:
         tags = open_clip.list_pretrained_tags_by_model(clip_model)
