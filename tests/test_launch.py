@@ -54,7 +54,7 @@ def test_startup_imports_no_torch_and_installs_hook(tmp_path):
 
 
 @pytest.mark.slow
-def test_wheel_and_editable_wheel_ship_the_pth(tmp_path):
+def test_wheel_and_editable_wheel_ship_the_pth_and_package_data(tmp_path):
     # What pip install . and pip install -e . get from the build backend, built from a copy of the sources.
     setuptools = pytest.importorskip("setuptools")
     if int(setuptools.__version__.split(".")[0]) < 68:
@@ -80,3 +80,9 @@ def test_wheel_and_editable_wheel_ship_the_pth(tmp_path):
             record = next(name for name in archive.namelist() if name.endswith(".dist-info/RECORD"))
             lines = archive.read(record).decode().splitlines()
             assert any(line.startswith(hook.PTH_NAME + ",sha256=") for line in lines), wheel.name
+    # the regular wheel carries the package data: Digits arrays, model configs and the offline CLIP weights
+    with zipfile.ZipFile(next(wheel for wheel in wheels if ".editable-" not in wheel.name)) as archive:
+        names = set(archive.namelist())
+    assert "tpsnet_plugin/data/digits_arrays/mnist-m.npz" in names
+    assert "tpsnet_plugin/text_prior/weights/tpsnet-tiny-clip-icons.safetensors" in names
+    assert any(name.startswith("tpsnet_plugin/text_prior/model_configs/") for name in names)
