@@ -46,17 +46,11 @@ from open_clip.loss import ClipLoss
 from tpsnet_plugin.data.icons import TEMPLATES, default_cache_dir, load_manifest
 from tpsnet_plugin.text_prior import TINY_CLIP_MODEL
 from tpsnet_plugin.text_prior.icons_clip import load_images, preprocess
+from tpsnet_plugin.utils.cli import positive_int
 
 DIRECTION_WORDS = frozenset({"left", "right", "next", "previous", "prev", "forward", "back", "backward",
                              "undo", "redo", "rtl", "ltr", "first", "last", "start", "end", "rewind",
                              "indent", "unindent", "justify", "east", "west", "align", "ff", "rew"})
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:

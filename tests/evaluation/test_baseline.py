@@ -56,3 +56,18 @@ def test_chunks_give_the_whole_batch_result(monkeypatch):
 def test_bad_shape_raises():
     with pytest.raises(ValueError, match="N x C x H x W"):
         raw_pixel_features(torch.zeros(2, 4, 4, dtype=torch.uint8))
+
+
+def test_max_size_pools_large_images_and_keeps_small_ones():
+    import torch
+    import torch.nn.functional as F
+
+    from tpsnet_plugin.evaluation import raw_pixel_features
+
+    large = torch.randint(0, 256, (3, 3, 64, 48), dtype=torch.uint8)
+    gray = large.float().mean(1, keepdim=True)
+    expected = F.normalize(F.interpolate(gray, size=(32, 32), mode="area").flatten(1), dim=1)
+    torch.testing.assert_close(raw_pixel_features(large, max_size=32), expected)
+    small = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    torch.testing.assert_close(raw_pixel_features(small, max_size=32), raw_pixel_features(small))
+    assert raw_pixel_features(large[:0], max_size=32).shape == (0, 32 * 32)

@@ -11,7 +11,7 @@ __all__ = ["raw_pixel_features"]
 _CHUNK = 1024
 
 
-def raw_pixel_features(images, normalize: bool = True) -> torch.Tensor:
+def raw_pixel_features(images, normalize: bool = True, max_size: int | None = None) -> torch.Tensor:
     """Grayscale pixel vectors of images, for cosine retrieval on raw pixels.
 
     The gray value of a pixel is the mean of its channels.
@@ -19,6 +19,7 @@ def raw_pixel_features(images, normalize: bool = True) -> torch.Tensor:
     Args:
         images: N×C×H×W tensor or array, uint8 (0-255) or floating point in [0, 1].
         normalize: L2-normalise each row. False keeps the gray values, in [0, 1].
+        max_size: Average-pool larger images down to ``max_size``×``max_size`` first (None: keep the size).
 
     Returns:
         float32 tensor N×(H·W) on the device of ``images``.
@@ -27,10 +28,15 @@ def raw_pixel_features(images, normalize: bool = True) -> torch.Tensor:
     if images.ndim != 4:
         raise ValueError(f"images must be N x C x H x W, got shape {tuple(images.shape)}")
     if len(images) == 0:
-        return images.new_zeros((0, images.shape[2] * images.shape[3]), dtype=torch.float32)
+        side = (min(images.shape[2], max_size), min(images.shape[3], max_size)) if max_size else images.shape[2:]
+        return images.new_zeros((0, side[0] * side[1]), dtype=torch.float32)
     chunks = []
+    resize = max_size is not None and (images.shape[2] > max_size or images.shape[3] > max_size)
     for chunk in images.split(_CHUNK):
-        gray = chunk.float().mean(1).flatten(1)
+        gray = chunk.float().mean(1, keepdim=True)
+        if resize:
+            gray = F.interpolate(gray, size=(max_size, max_size), mode="area")
+        gray = gray.flatten(1)
         if normalize:
             # uint8 is not rescaled first: the scale cancels in the normalisation
             chunks.append(F.normalize(gray, dim=1))

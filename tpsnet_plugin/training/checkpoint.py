@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 
 from ..utils.io import atomic_write_text
+from .config import flatten_config
 
 META = "checkpoint.json"
 LATEST = "latest"
@@ -168,10 +169,11 @@ def check_resume_compatible(meta: Mapping[str, Any], config: Mapping[str, Any], 
     differences = []
     saved_config = meta.get("config")
     if saved_config is not None:
-        for path in sorted(set(_flat(saved_config)) | set(_flat(config))):
+        saved, current = flatten_config(saved_config), flatten_config(config)
+        for path in sorted(set(saved) | set(current)):
             if any(path == safe or path.startswith(safe + ".") for safe in SAFE_ON_RESUME):
                 continue
-            old, new = _flat(saved_config).get(path, "<absent>"), _flat(config).get(path, "<absent>")
+            old, new = saved.get(path, "<absent>"), current.get(path, "<absent>")
             if old != new:
                 differences.append(f"config {path}: {old!r} in the checkpoint, {new!r} now")
     saved_data = meta.get("dataset")
@@ -187,16 +189,6 @@ def check_resume_compatible(meta: Mapping[str, Any], config: Mapping[str, Any], 
             + f"\nOnly these options may change on resume: {', '.join(SAFE_ON_RESUME)}. Start a new run in "
             "another --output-dir (or replace this one with --overwrite)."
         )
-
-
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping) and value and not key.endswith("_kwargs"):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _short(value: Any) -> str:

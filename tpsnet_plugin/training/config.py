@@ -109,6 +109,11 @@ def _flat_items(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, 
     return items
 
 
+def flatten_config(config: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
+    """``{"section.key": value}`` for every option of a (nested) config; free-form mappings stay values."""
+    return {path.replace(".", sep): value for path, value in _flat_items(config)}
+
+
 def _is_free_form(path: str) -> bool:
     # Options whose value is a mapping of arbitrary keys (timm kwargs): never renamed inside.
     return path.endswith("_kwargs")

@@ -82,7 +82,9 @@ class WarmupStage(Stage):
     def run(self, trainer) -> None:
         if self.epochs == 0:
             return
-        self.epochs = resolve_epochs(self.epochs, self.min_steps, len(trainer.shuffled_loader(self.batch_size, 0)))
+        # full batches only (drop_last), split over the processes
+        steps = len(trainer.dataset) // self.batch_size // trainer.accelerator.num_processes
+        self.epochs = resolve_epochs(self.epochs, self.min_steps, steps)
         if trainer.state.epoch >= self.epochs:
             return
         trainer.set_learning_rates(self.lr)

@@ -9,6 +9,7 @@ losses see carries no labels at all.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from .checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
-from .config import default_config, merge_config, validate_config
+from .config import default_config, flatten_config, merge_config, validate_config
 from .data import build_dataset, cache_images, dataset_fingerprint, images_as_float, unlabelled_view
 from .hooks import CheckpointHook, EvaluationHook, LoggingHook, ReclusterHook
 from .progress import progress
@@ -192,7 +193,10 @@ class TPSNetTrainer:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
             acc.wait_for_everyone()
-            acc.init_trackers("tpsnet", config=_flatten(self.config))
+            acc.init_trackers("tpsnet", config={  # trackers take scalars only
+                key: value if isinstance(value, (int, float, str, bool)) else str(value)
+                for key, value in flatten_config(self.config, sep="/").items()
+            })
             return self._run_stages()
         finally:
             if lock is not None:
@@ -360,7 +364,8 @@ class TPSNetTrainer:
             backbone = self.model.backbone
             kind, encoder = "pretrained_features", backbone.rgb_features
         else:
-            kind, encoder = "raw_pixels", _raw_pixels
+            # at most 32×32: a floor, and at 224 px raw pixels would not fit in memory at scale
+            kind, encoder = "raw_pixels", partial(raw_pixel_features, max_size=32)
         features = self.embed(encoder=encoder, desc=f"baseline ({kind.replace('_', ' ')})")
         return {"kind": kind, "results": self.evaluate_features(F.normalize(features, dim=-1))}
 
@@ -508,26 +513,9 @@ class TPSNetTrainer:
         return folder
 
 
-def _raw_pixels(images: torch.Tensor) -> torch.Tensor:
-    # At most 32×32: raw pixels are a floor, and at 224 px they would not fit in memory at scale.
-    if images.shape[-1] > 32 or images.shape[-2] > 32:
-        images = F.interpolate(images, size=(32, 32), mode="area")
-    return raw_pixel_features(images)
-
-
 def _as_float(value) -> float | None:
     if value is None:
         return None
     if isinstance(value, Mapping):
         value = value.get("overall", None)
     return None if value is None else float(value)
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
