@@ -30,7 +30,8 @@ RESULTS_DIR = Path(__file__).parent / "results"
 MIB = 2**20
 
 
-def parse_args(name: str, description: str, device: bool = False) -> argparse.Namespace:
+def parse_args(name: str, description: str, device: bool = False,
+               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """The command line every benchmark takes: ``--quick``, ``--out``, ``--threads``.
 
     Args:
@@ -38,6 +39,7 @@ def parse_args(name: str, description: str, device: bool = False) -> argparse.Na
         description: Help text of the script.
         device: Also take ``--device`` (cpu | cuda) and ``--amp`` (bf16 autocast), for benchmarks
             that can run on a GPU.
+        add_arguments: Adds the script's own options to the parser.
     """
     parser = argparse.ArgumentParser(description=description)
     if device:
@@ -50,6 +52,8 @@ def parse_args(name: str, description: str, device: bool = False) -> argparse.Na
                         help="torch and faiss threads (default: their own default, all cores); "
                              "1 is steadier on a loaded machine, where 2-thread OpenMP barriers "
                              "can stall small ops many times over")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args()
     if args.threads is not None:
         import torch

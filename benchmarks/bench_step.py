@@ -8,7 +8,9 @@ One step = zero_grad + forward + backward of a mean-squared dummy loss on the em
   random text features T (D = 2, C = 65, e = 512) and domain ids.
 Variants (local monkeypatches, the package is unchanged): "phase@1/2" runs the phase network on
 the phase-only image average-pooled to half resolution; "channels_last" converts both models and
-inputs to channels-last. Overhead % = TPSNet / RGB alone - 1, both timed in
+inputs to channels-last; on a GPU, "phase compiled (default / reduce-overhead)" is TPSNet with
+``PhasePriorBackbone.compile_phase_branch(mode=...)``, what ``model.compile`` does in training.
+Overhead % = TPSNet / RGB alone - 1, both timed in
 this process: the cases of one RGB model are timed in turn (one step each per round), so a change of
 clock speed or load hits them alike.
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_step.py [--quick] [--out FILE]``.
@@ -191,6 +193,12 @@ def main() -> None:
             "variant: RGB alone channels_last": (rgb_alone(name, size), None, True),
             "variant: TPSNet channels_last": (tpsnet(name, size, phase_model), domains, True),
         }
+        if cuda:
+            # the package option model.compile (auto = "default" on CUDA) and its CUDA-graph mode
+            for mode in ("default", "reduce-overhead"):
+                model = tpsnet(name, size, phase_model)
+                model.backbone.compile_phase_branch(mode=mode)
+                cases[f"TPSNet, phase compiled ({mode})"] = (model, domains, False)
         if args.quick or "vit" in name:
             # channels-last only changes convolutions: for the ViT, time it on TPSNet only
             cases = {k: v for k, v in cases.items() if not k.startswith("variant: RGB")}

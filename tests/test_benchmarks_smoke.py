@@ -126,3 +126,28 @@ def test_confusions_digits_matches_the_runs_evaluation(tmp_path):
     missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "confusions_digits.py"), "--run",
                               str(tmp_path / "nowhere")], cwd=ROOT, env=env, capture_output=True, text=True)
     assert missing.returncode == 1 and "must be the output_dir of a trainer run" in missing.stderr
+
+
+def test_domainnet_scale_quick_runs_the_whole_pipeline(tmp_path):
+    # DomainNet's shape at 1/1000 scale: 6 domains, images decoded from disk (no in-memory cache)
+    out, data = tmp_path / "bench_domainnet_scale.json", tmp_path / "data"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_domainnet_scale.py"), "--quick",
+               "--threads", "1", "--data-dir", str(data), "--out", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    report = result["report"]
+    sizes = {"clipart": 48, "infograph": 51, "painting": 72, "quickdraw": 172, "real": 172, "sketch": 69}
+    assert report["dataset"]["domains"] == sizes and report["dataset"]["images"] == sum(sizes.values())
+    assert report["synthetic_data"]["reused"] is False
+    assert len(list(data.rglob("*.jpg"))) == sum(sizes.values())
+    assert report["embedding"]["images_per_s"] > 0 and report["clustering"]["seconds"] > 0
+    stage2 = report["stage2"]
+    assert stage2["steps"] == 4 and 0 <= stage2["data_wait_fraction"] <= 1 and stage2["images_per_s"] > 0
+    evaluation = report["evaluation"]
+    assert evaluation["directions"] == 30 and len(evaluation["metrics"]) == 30
+    for metrics in evaluation["metrics"].values():
+        assert set(metrics) == {"precision_at_50", "precision_at_100", "precision_at_200", "map_at_all"}
+        assert all(0 <= value <= 100 for value in metrics.values())
+    assert report["phase_branch_compiled"] is False  # auto: eager on the CPU

@@ -209,3 +209,52 @@ def test_pretrained_offline_fails_fast_with_clear_error():
     assert len(errors) == 2, result.stdout + result.stderr
     assert "rgb_model='test_resnet'" in errors[0] and "phase_model='test_resnet'" in errors[1]
     assert all("could not fetch" in e and "checkpoint_path" in e for e in errors)
+
+
+# ------------------------------------------------------------------ compiled phase branch
+def _train_steps(backbone, batches, autocast=False):
+    """Forward + backward per batch (train mode, BatchNorm updating); outputs and gradients."""
+    outputs, grads = [], []
+    for x in batches:
+        backbone.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            fused = backbone(x)
+        fused.float().square().sum().backward()
+        outputs.append(fused.detach().float())
+        grads.append(torch.cat([p.grad.flatten() for p in backbone.parameters() if p.grad is not None]))
+    return outputs, grads
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_compiled_phase_branch_matches_eager(autocast):
+    # Inductor on the CPU (the GPU path compiles the same graph with other kernels): outputs,
+    # gradients and BatchNorm running statistics equal eager's, with a smaller last batch (a new
+    # shape, recompiled) and under bf16 autocast; the state_dict is unchanged.
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager, compiled = tiny_backbone(), tiny_backbone()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_phase_branch(mode="default")
+    assert compiled.phase_branch_compiled and not eager.phase_branch_compiled
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.rand(8, 3, 16, 16, generator=generator) for _ in range(2)]
+    batches.append(torch.rand(5, 3, 16, 16, generator=generator))  # last, smaller batch
+    # inductor reorders reductions: compare against each tensor's scale
+    relative = 2e-2 if autocast else 1e-4
+    for (out_e, grad_e), (out_c, grad_c) in zip(zip(*_train_steps(eager, batches, autocast)),
+                                                zip(*_train_steps(compiled, batches, autocast))):
+        for compiled_value, eager_value in ((out_c, out_e), (grad_c, grad_e)):
+            torch.testing.assert_close(compiled_value, eager_value, rtol=0,
+                                       atol=relative * float(eager_value.abs().max()))
+    # the phase branch went through dynamo: graphs were compiled (one more for the new shape)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2
+    for (name, buffer_e), buffer_c in zip(eager.named_buffers(), compiled.buffers()):
+        if "running" in name:
+            torch.testing.assert_close(buffer_c, buffer_e, atol=1e-5, rtol=1e-4)
+    assert any("running_mean" in name for name, _ in eager.phase_model.named_buffers())
+
+
+def test_compile_phase_branch_without_a_phase_model_is_an_error():
+    with pytest.raises(ValueError, match="no phase model"):
+        tiny_backbone(phase_model=None).compile_phase_branch()

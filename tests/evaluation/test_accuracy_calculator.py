@@ -300,3 +300,30 @@ def test_map_rank_counting_path_matches_the_stable_reference(make_data):
     sim = similarities(data[0], data[2])
     result = accuracy(data, "torch", ks=(1,), batch_size=7)
     assert result["map_at_all"] == pytest.approx(ref_map(sim, data[1], data[3]))
+
+
+@pytest.mark.parametrize("make_data", [random_data, tied_data])
+def test_precision_at_k_from_the_ranks_of_the_map_pass_skips_the_knn(make_data):
+    # With map_at_all (and no VOC mAP) P@k is read from the mAP pass's exact ranks: no kNN runs,
+    # and the values are those of the kNN path and of the brute-force reference.
+    data = make_data(12)
+    ks = (1, 3, 10, 40)
+    calculator = UCDIRAccuracyCalculator(knn="torch", ks=ks, device=CPU, batch_size=5)
+
+    def no_knn(*args, **kwargs):
+        raise AssertionError("the kNN ran although the mAP pass gives P@k")
+
+    calculator.knn_func = no_knn
+    from_ranks = calculator.get_accuracy(*data)
+    from_knn = accuracy(data, "torch", ks=ks, include=[f"precision_at_{k}" for k in ks])
+    sim = similarities(data[0], data[2])
+    for k in ks:
+        name = f"precision_at_{k}"
+        assert from_ranks[name] == from_knn[name]
+        assert from_ranks[name] == pytest.approx(ref_ucdir_precision(sim, data[1], data[3], k),
+                                                 abs=1e-9)
+    # with the VOC mAP (a sort per row) the kNN gives P@k again
+    with_voc = UCDIRAccuracyCalculator(knn="torch", ks=ks, voc_map=True, device=CPU)
+    with_voc.knn_func = no_knn
+    with pytest.raises(AssertionError, match="the kNN ran"):
+        with_voc.get_accuracy(*data)

@@ -120,3 +120,50 @@ def test_rank_keys_order_like_the_stable_descending_sort(dtype):
 def test_rank_key_shift_limits():
     assert _rank_key_shift(1) == 2 and _rank_key_shift(4) == 4 and _rank_key_shift(5) == 5
     assert _rank_key_shift(2**26) == 28 and _rank_key_shift(2**26 + 1) is None
+
+
+def many_ties_case(seed):
+    """Similarities from a handful of values: long runs of exact ties inside every bucket."""
+    query, gallery, query_labels, gallery_labels = integer_case(seed, n=30, m=2000, d=2)
+    return query, gallery, query_labels.clamp(max=4), gallery_labels
+
+
+@pytest.mark.parametrize("make_case", [
+    lambda seed: random_case(seed, n=20, m=3000, d=16, classes=30),  # most columns in empty buckets
+    lambda seed: random_case(seed, n=20, m=500, d=3, classes=2),  # many relevant items per bucket
+    many_ties_case,
+    lambda seed: (torch.ones(4, 3), torch.ones(50, 3), torch.tensor([0, 1, 0, 2]),
+                  torch.arange(50) % 3),  # one similarity value: a single bucket
+])
+def test_non_relevant_counts_match_a_binary_search_of_the_rank_keys(make_case):
+    query, gallery, query_labels, gallery_labels = make_case(13)
+    shift = _rank_key_shift(len(gallery))
+    index = torch.arange(len(gallery))
+    exercised_buckets = False
+    for label in torch.unique(query_labels):
+        relevant = torch.nonzero(gallery_labels == label).flatten()
+        if len(relevant) == 0:
+            continue
+        similarities = query[query_labels == label] @ gallery.T
+        counts = average_precision._non_relevant_counts(similarities, relevant, shift)
+        keys = _rank_keys(similarities, index, shift)
+        below = torch.searchsorted(keys[:, relevant].sort(dim=1).values, keys)
+        others = below[:, gallery_labels != label]
+        expected = torch.stack([torch.bincount(row, minlength=len(relevant) + 1) for row in others])
+        assert torch.equal(counts, expected)
+        exercised_buckets |= bool((others > 0).any())
+    assert exercised_buckets
+
+
+@pytest.mark.parametrize("make_case", [integer_case, random_case, many_ties_case])
+def test_ranking_statistics_hits_match_the_brute_force_ranking(make_case):
+    query, gallery, query_labels, gallery_labels = make_case(14)
+    ks = (1, 2, 5, 30, 10_000)
+    hits = average_precision.ranking_statistics(query, gallery, query_labels, gallery_labels,
+                                                ks=ks, batch_size=6)["hits"]
+    sims = (query.double() @ gallery.double().T).tolist()
+    labels = gallery_labels.tolist()
+    for row, (sim_row, label) in enumerate(zip(sims, query_labels.tolist())):
+        relevance = ranked_relevance(sim_row, label, labels)
+        num_relevant = sum(relevance)
+        assert hits[row].tolist() == [sum(relevance[:min(k, num_relevant)]) for k in ks]

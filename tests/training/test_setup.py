@@ -56,3 +56,13 @@ def test_optimizer_groups_split_timm_networks_from_new_heads():
     assert all(".rgb_model." in f".{names[id(p)]}" or ".phase_model." in f".{names[id(p)]}" for p in backbone["params"])
     assert not any("_model." in names[id(p)] for p in heads["params"])
     assert len(backbone["params"]) + len(heads["params"]) == len(list(model.parameters()))
+
+
+def test_phase_compile_mode_compiles_on_cuda_only_when_auto():
+    from tpsnet_plugin.training.setup import phase_compile_mode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert phase_compile_mode("auto", cpu) is None and phase_compile_mode("auto", cuda) == "default"
+    assert phase_compile_mode("off", cpu) is None and phase_compile_mode("off", cuda) is None
+    for mode in ("default", "reduce-overhead", "max-autotune-no-cudagraphs"):
+        assert phase_compile_mode(mode, cpu) == mode == phase_compile_mode(mode, cuda)

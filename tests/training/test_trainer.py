@@ -154,3 +154,20 @@ def test_two_processes_gather_each_image_once_and_match_one_process_evaluation(t
     for direction, metrics in summary["last"].items():
         for name, value in metrics.items():
             assert results[direction][name] == pytest.approx(value, abs=1e-3), (direction, name)
+
+
+def test_compiled_phase_branch_under_accelerate_embeds_like_eager(tmp_path):
+    # model.compile forced on the CPU (auto leaves CPU runs eager): the trainer's model, prepared
+    # by Accelerate, embeds like the eager one (same seed, same initial weights), and saves the
+    # same state_dict keys, so compile can change on --resume.
+    torch._dynamo.reset()
+    eager = TPSNetTrainer(tiny_config(tmp_path / "eager"))
+    compiled = TPSNetTrainer(tiny_config(tmp_path / "compiled", "model.compile=default"))
+    assert compiled.model.backbone.phase_branch_compiled and not eager.model.backbone.phase_branch_compiled
+    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
+    reference = eager.embed(synergy=False)
+    torch.testing.assert_close(compiled.embed(synergy=False), reference,
+                               atol=1e-4 * float(reference.abs().max()), rtol=0)
+    from tpsnet_plugin.training.checkpoint import SAFE_ON_RESUME
+
+    assert "model.compile" in SAFE_ON_RESUME

@@ -17,7 +17,7 @@ from .alignment import (
 from .base_kmeans import BaseKMeans, assign
 from .centroids import cluster_centroids, confident_mask
 from .faiss_kmeans import FaissKMeans
-from .kmeans import create_kmeans
+from .kmeans import create_kmeans, faiss_gpu_available
 from .pseudo_labeler import ClusterPseudoLabeler, ClusterResult
 from .sklearn_kmeans import SklearnKMeans
 
@@ -35,5 +35,6 @@ __all__ = [
     "confident_mask",
     "create_alignment",
     "create_kmeans",
+    "faiss_gpu_available",
     "match_centroids",
 ]

@@ -20,6 +20,15 @@ def faiss_available() -> bool:
     return True
 
 
+def faiss_gpu_available() -> bool:
+    """Whether faiss imports and sees at least one GPU (faiss-gpu on a CUDA machine)."""
+    if not faiss_available():
+        return False
+    import faiss
+
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
 def create_kmeans(
     name: str,
     num_clusters: int,

@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from .average_precision import average_precisions, relevant_counts
+from .average_precision import (
+    _rank_key_shift,
+    average_precisions,
+    ranking_statistics,
+    relevant_counts,
+)
 from .knn import make_knn_func
 
 __all__ = ["UCDIRAccuracyCalculator"]
@@ -29,7 +34,9 @@ class UCDIRAccuracyCalculator(AccuracyCalculator):
 
     - ``precision_at_<k>`` for each k in ``ks``, the UCDIR definition, one ratio over all queries:
       ``100 * sum_q hits_q(min(k, R_q)) / sum_q min(k, R_q)``. It equals the usual mean P@k only
-      when every R_q >= k. Uses the kNN (depth ``max(ks)``) through pml's ``requires_knn``.
+      when every R_q >= k. Uses the kNN (depth ``max(ks)``) through pml's ``requires_knn``; when
+      ``map_at_all`` is computed too (and ``map_at_all_voc`` is not), the mAP pass already finds
+      the exact rank of every relevant item, so P@k is read from those ranks and no kNN runs.
     - ``map_at_all``: non-interpolated average precision over the whole gallery ranking (pml's
       ``mean_average_precision`` with ``k=None``), averaged over queries.
     - ``map_at_all_voc``: the VOC all-point interpolated AP (VOC2010+ devkit: precision replaced
@@ -87,6 +94,7 @@ class UCDIRAccuracyCalculator(AccuracyCalculator):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.ks = _check_ks(ks)
         self.batch_size = batch_size
+        self._gallery_size = 0
         precision_names = [f"precision_at_{k}" for k in self.ks]
         # pml collects the metrics from the ``calculate_<name>`` attributes it finds with dir()
         for k, name in zip(self.ks, precision_names):
@@ -98,8 +106,18 @@ class UCDIRAccuracyCalculator(AccuracyCalculator):
                          **kwargs)
 
     def requires_knn(self) -> list[str]:
-        """pml's kNN metrics plus ``precision_at_<k>`` (mAP@All ranks the gallery itself)."""
-        return super().requires_knn() + [f"precision_at_{k}" for k in self.ks]
+        """pml's kNN metrics, plus ``precision_at_<k>`` unless the mAP@All pass ranks for them."""
+        precision_names = [f"precision_at_{k}" for k in self.ks]
+        if self._precision_from_ranks():  # pml lists its own precision_at_1, ours replaces it
+            return [n for n in super().requires_knn() if n not in precision_names]
+        return super().requires_knn() + precision_names
+
+    def _precision_from_ranks(self) -> bool:
+        # The mAP@All pass finds every relevant item's exact rank, which also gives P@k: with
+        # map_at_all requested (and no VOC mAP, which sorts instead) the kNN pass is skipped.
+        curr = self.curr_function_dict
+        return ("map_at_all" in curr and "map_at_all_voc" not in curr
+                and _rank_key_shift(self._gallery_size) is not None)
 
     def determine_k(self, bin_counts, num_reference_embeddings, ref_includes_query):
         """kNN depth: ``max(ks)``, or pml's own depth when a built-in kNN metric needs more."""
@@ -145,12 +163,19 @@ class UCDIRAccuracyCalculator(AccuracyCalculator):
         query_labels, reference_labels = (self._class_labels(x, name) for x, name in
                                           ((query_labels, "query_labels"),
                                            (reference_labels, "reference_labels")))
+        self._gallery_size = len(reference)
         return super().get_accuracy(query, query_labels, reference, reference_labels, False,
                                     include, exclude)
 
     def _get_accuracy(self, function_dict, **kwargs):
         kwargs["num_relevant"] = relevant_counts(kwargs["query_labels"], kwargs["reference_labels"])
-        if function_dict.keys() & set(_MAP_METRICS):
+        if "knn_labels" not in kwargs and self._precision_from_ranks():
+            statistics = ranking_statistics(
+                kwargs["query"], kwargs["reference"], kwargs["query_labels"],
+                kwargs["reference_labels"], ks=self.ks, batch_size=self.batch_size)
+            kwargs["aps"] = {"ap": statistics["precision_sum"] / kwargs["num_relevant"]}
+            kwargs["rank_hits"] = statistics["hits"]
+        elif function_dict.keys() & set(_MAP_METRICS):
             kwargs["aps"] = average_precisions(
                 kwargs["query"], kwargs["reference"], kwargs["query_labels"],
                 kwargs["reference_labels"], voc="map_at_all_voc" in function_dict,
@@ -168,11 +193,14 @@ class UCDIRAccuracyCalculator(AccuracyCalculator):
         results.update(super()._get_accuracy(builtin, **kwargs))
         return results
 
-    def _precision_at_k(self, k, knn_labels, query_labels, num_relevant, **kwargs) -> float:
+    def _precision_at_k(self, k, query_labels, num_relevant, knn_labels=None, rank_hits=None,
+                        **kwargs) -> float:
         cutoff = num_relevant.clamp(max=k)  # min(k, R_q); 0 drops the query
         total = int(cutoff.sum())
         if total == 0:
             return float("nan")
+        if rank_hits is not None:
+            return 100.0 * int(rank_hits[:, self.ks.index(k)].sum()) / total
         same = knn_labels[:, :k] == query_labels[:, None]
         within = torch.arange(same.shape[1], device=same.device) < cutoff[:, None]
         return 100.0 * int((same & within).sum()) / total

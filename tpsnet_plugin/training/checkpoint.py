@@ -146,6 +146,7 @@ SAFE_ON_RESUME = (
     "eval",
     "data.num_workers",
     "data.cache_in_memory",
+    "model.compile",
     "accelerate.mixed_precision",
     "accelerate.log_with",
 )

@@ -231,6 +231,8 @@ _CHOICES = {
     "data.layout": ("auto", "folder", "office31", "list"),
     "data.class_policy": ("strict", "intersection"),
     "data.on_error": ("raise", "skip"),
+    "model.compile": ("auto", "off", "default", "reduce-overhead", "max-autotune-no-cudagraphs",
+                      "max-autotune"),
     "cluster.kmeans": ("auto", "faiss", "sklearn"),
     "cluster.alignment": ("consensus", "reference"),
     "eval.knn": ("auto", "faiss", "torch"),

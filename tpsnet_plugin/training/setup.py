@@ -63,6 +63,19 @@ def build_accelerator(accelerate_config: Mapping[str, Any], output_dir: str | Pa
     )
 
 
+def phase_compile_mode(option: str, device: torch.device) -> str | None:
+    """The ``torch.compile`` mode for the phase branch that ``model.compile`` asks for, or None (eager).
+
+    ``auto`` compiles on CUDA only: there the phase network is launch-bound and fusing its kernels
+    saves host time; on a CPU the kernels are compute-bound, and compiling costs start-up time for
+    nothing. Mode ``default`` (no CUDA graphs) is the ``auto`` choice because it is safe with
+    variable batch sizes and two forward passes per step; ``reduce-overhead`` adds CUDA graphs.
+    """
+    if option == "off" or (option == "auto" and device.type != "cuda"):
+        return None
+    return "default" if option == "auto" else option
+
+
 def build_optimizer(model: nn.Module, synergy_config: Mapping[str, Any]) -> torch.optim.Optimizer:
     """Adam with two parameter groups: the timm networks (``lr_backbone``) and the new heads (``lr_head``)."""
     backbone = [p for name, p in model.named_parameters() if _is_pretrained_part(name)]
