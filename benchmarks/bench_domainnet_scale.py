@@ -34,7 +34,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -111,33 +113,43 @@ def make_dataset(root: Path, num_classes: int, image_size: int, scale: int, work
 
 # ------------------------------------------------------------------------------- measurements
 class UtilisationSampler:
-    """GPU utilisation (percent, NVML via ``torch.cuda.utilization``) sampled every 0.1 s."""
+    """GPU utilisation (percent) sampled every 0.1 s: NVML through ``torch.cuda.utilization``,
+    else ``nvidia-smi``; ``median`` is None when neither works (or on a CPU)."""
 
     def __init__(self, device: torch.device) -> None:
         self.samples: list[float] = []
-        self.available = False
-        if device.type == "cuda":
-            try:
-                torch.cuda.utilization(device)
-                self.available = True
-            except Exception:  # pynvml missing or NVML unusable: report None
-                self.available = False
         self.device = device
+        self.read = None
+        if device.type != "cuda":
+            return
+        try:
+            torch.cuda.utilization(device)
+            self.read = lambda: float(torch.cuda.utilization(device))
+        except Exception:  # pynvml missing or NVML unusable
+            if shutil.which("nvidia-smi"):
+                index = device.index if device.index is not None else torch.cuda.current_device()
+                command = ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu",
+                           "--format=csv,noheader,nounits"]
+                self.read = lambda: float(subprocess.run(command, capture_output=True, text=True,
+                                                         check=True).stdout.strip())
 
     def __enter__(self) -> UtilisationSampler:
         self._stop = threading.Event()
-        if self.available:
+        if self.read is not None:
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            self.samples.append(float(torch.cuda.utilization(self.device)))
+            try:
+                self.samples.append(self.read())
+            except (subprocess.CalledProcessError, ValueError):
+                return
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        if self.available:
+        if self.read is not None:
             self._thread.join()
 
     @property
