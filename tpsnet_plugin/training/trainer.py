@@ -350,6 +350,7 @@ class TPSNetTrainer:
         return evaluate_domains(
             features.to(self.device), self.true_labels, self.domains.numpy(), domain_names=self.domain_names,
             ks=tuple(ev["ks"]), knn=ev["knn"], map_at_all=ev["map_at_all"],
+            batch_size=int(ev["batch_size"]),
         )
 
     def starts_pretrained(self) -> bool:
