@@ -6,12 +6,17 @@
 Variants (all through the same trainer, switched by config keys):
 
 - ``raw_pixels``: grayscale pixels, cosine (no training);
+- ``frozen_clip``: the frozen image features of the offline CLIP shipped in the package
+  (``tpsnet-tiny-clip``, ``icons``), cosine (no training): the starting point a backbone
+  initialised from that CLIP would have;
 - ``instance_only``: instance-contrastive training only (no clustering losses:
   ``synergy.loss_weights.prototype=0``, no priors, no re-clustering);
 - ``no_priors``: clustering + prototypes (+ instance loss), no text and no phase prior;
 - ``phase``: + phase prior;  ``text``: + text prior;  ``full``: TPSNet (both priors);
 - ``full_i2tce``: TPSNet with L_i2tce switched on (``synergy.loss_weights.image_text=1``; the Digits configs set 0
-  because the random CLIP's per-domain prompts give unrelated targets).
+  because the random CLIP's per-domain prompts give unrelated targets);
+- ``text_icons`` / ``full_icons``: ``text`` / ``full`` with the offline CLIP shipped in the package
+  (``model.clip_pretrained=icons``) as the text prior.
 
 ``--jobs N`` trains N runs at once in worker processes (``--threads`` torch threads each): on a
 GPU machine with many cores the whole study takes minutes instead of hours.
@@ -51,6 +56,9 @@ VARIANTS = {
     "text": ["model.phase_prior=false"],
     "full": [],
     "full_i2tce": ["synergy.loss_weights.image_text=1"],
+    # the text prior's CLIP switched to the offline weights shipped with the package
+    "text_icons": ["model.phase_prior=false", "model.clip_pretrained=icons"],
+    "full_icons": ["model.clip_pretrained=icons"],
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -73,6 +81,17 @@ def run_variant(config_path: str, variant: str, seed: int, extra: list[str], out
         summary = TPSNetTrainer(config).fit(overwrite=True)  # an unfinished run of this variant is redone
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"summary": summary, "history": history, "seconds": summary["wall_seconds"], "device": _device()}
+
+
+def frozen_clip_baseline(config_path: str, extra: list[str], out: Path) -> dict[str, dict[str, float]]:
+    """Retrieval with the frozen image tower of the shipped offline CLIP: direction -> metrics."""
+    import torch.nn.functional as F
+
+    overrides = ["model.text_prior=true", "model.clip_pretrained=icons", "eval.plots=false",
+                 "accelerate.log_with=none", *extra]
+    trainer = TPSNetTrainer(load_config(config_path, overrides, output_dir=str(out / "frozen_clip")))
+    features = trainer.embed(encoder=trainer.prompt_learner.encode_images, desc="frozen CLIP features")
+    return trainer.evaluate_features(F.normalize(features, dim=-1))
 
 
 def _label_free_vs_oracle(runs: list[dict]) -> dict:
@@ -122,7 +141,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/digits4.yaml")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=["raw_pixels", *VARIANTS], choices=["raw_pixels", *VARIANTS])
+    parser.add_argument("--variants", nargs="+", default=["raw_pixels", *VARIANTS],
+                        choices=["raw_pixels", "frozen_clip", *VARIANTS])
     parser.add_argument("--set", dest="extra", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
                         help="extra config overrides for every run")
     parser.add_argument("--work-dir", default="outputs/quality_digits")
@@ -136,7 +156,7 @@ def main(argv=None) -> dict:
 
     report: dict = {"config": args.config, "seeds": args.seeds, "extra": args.extra, "variants": {}}
     lines = []
-    trained = [v for v in args.variants if v != "raw_pixels"]
+    trained = [v for v in args.variants if v not in ("raw_pixels", "frozen_clip")]
     jobs = [(args.config, v, seed, args.extra, Path(args.work_dir), args.threads)
             for v in trained for seed in args.seeds]
     if args.jobs > 1:
@@ -165,6 +185,14 @@ def main(argv=None) -> dict:
                 "last": {d: {m: [v, 0.0] for m, v in ms.items()}
                          for d, ms in {**baseline, "mean": mean_metrics(baseline)}.items()}
             }
+        (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
+
+    if "frozen_clip" in args.variants:
+        results = frozen_clip_baseline(args.config, args.extra, Path(args.work_dir))
+        report["variants"]["frozen_clip"] = {
+            "last": {d: {m: [v, 0.0] for m, v in ms.items()}
+                     for d, ms in {**results, "mean": mean_metrics(results)}.items()}
+        }
         (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
 
     for variant, data in report["variants"].items():

@@ -167,3 +167,21 @@ def test_ranking_statistics_hits_match_the_brute_force_ranking(make_case):
         relevance = ranked_relevance(sim_row, label, labels)
         num_relevant = sum(relevance)
         assert hits[row].tolist() == [sum(relevance[:min(k, num_relevant)]) for k in ks]
+
+
+def test_average_precisions_returns_hits_only_when_it_counts_ranks():
+    query, gallery, query_labels, gallery_labels = random_case(3)
+    ks = (1, 5)
+    counted = average_precisions(query, gallery, query_labels, gallery_labels, ks=ks, batch_size=7)
+    expected = average_precision.ranking_statistics(query, gallery, query_labels, gallery_labels, ks=ks)
+    assert torch.equal(counted["hits"], expected["hits"])
+    assert "hits" not in average_precisions(query, gallery, query_labels, gallery_labels)
+    # the VOC AP sorts every row instead, so there are no counted ranks to give P@k
+    assert set(average_precisions(query, gallery, query_labels, gallery_labels, voc=True, ks=ks)) == {"ap", "voc_ap"}
+
+
+def test_counts_ranks_chooses_counting_unless_voc_or_a_gallery_too_large_for_rank_keys():
+    assert average_precision.counts_ranks(1000)
+    assert not average_precision.counts_ranks(1000, voc=True)
+    assert average_precision.counts_ranks(2**26)
+    assert not average_precision.counts_ranks(2**26 + 1)

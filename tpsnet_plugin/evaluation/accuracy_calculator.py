@@ -9,12 +9,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from .average_precision import (
-    _rank_key_shift,
-    average_precisions,
-    ranking_statistics,
-    relevant_counts,
-)
+from .average_precision import average_precisions, counts_ranks, relevant_counts
 from .knn import make_knn_func
 
 __all__ = ["UCDIRAccuracyCalculator"]
@@ -116,8 +111,7 @@ class UCDIRAccuracyCalculator(AccuracyCalculator):
         # The mAP@All pass finds every relevant item's exact rank, which also gives P@k: with
         # map_at_all requested (and no VOC mAP, which sorts instead) the kNN pass is skipped.
         curr = self.curr_function_dict
-        return ("map_at_all" in curr and "map_at_all_voc" not in curr
-                and _rank_key_shift(self._gallery_size) is not None)
+        return "map_at_all" in curr and counts_ranks(self._gallery_size, voc="map_at_all_voc" in curr)
 
     def determine_k(self, bin_counts, num_reference_embeddings, ref_includes_query):
         """kNN depth: ``max(ks)``, or pml's own depth when a built-in kNN metric needs more."""
@@ -169,17 +163,12 @@ class UCDIRAccuracyCalculator(AccuracyCalculator):
 
     def _get_accuracy(self, function_dict, **kwargs):
         kwargs["num_relevant"] = relevant_counts(kwargs["query_labels"], kwargs["reference_labels"])
-        if "knn_labels" not in kwargs and self._precision_from_ranks():
-            statistics = ranking_statistics(
-                kwargs["query"], kwargs["reference"], kwargs["query_labels"],
-                kwargs["reference_labels"], ks=self.ks, batch_size=self.batch_size)
-            kwargs["aps"] = {"ap": statistics["precision_sum"] / kwargs["num_relevant"]}
-            kwargs["rank_hits"] = statistics["hits"]
-        elif function_dict.keys() & set(_MAP_METRICS):
+        if function_dict.keys() & set(_MAP_METRICS):
             kwargs["aps"] = average_precisions(
                 kwargs["query"], kwargs["reference"], kwargs["query_labels"],
                 kwargs["reference_labels"], voc="map_at_all_voc" in function_dict,
-                batch_size=self.batch_size)
+                batch_size=self.batch_size, ks=() if "knn_labels" in kwargs else self.ks)
+            kwargs["rank_hits"] = kwargs["aps"].pop("hits", None)
         # in the order of ks, then the mAPs, then pml's metrics (pml's own order is alphabetical)
         ours = {n: function_dict[n] for n in self._ucdir_metrics if n in function_dict}
         builtin = {n: f for n, f in function_dict.items() if n not in ours}

@@ -14,6 +14,7 @@ from pytorch_metric_learning.distances import BatchedDistance, DotProductSimilar
 
 __all__ = [
     "average_precisions",
+    "counts_ranks",
     "precision_sums_by_counting",
     "precision_sums_by_sorting",
     "ranking_statistics",
@@ -28,6 +29,7 @@ def average_precisions(
     gallery_labels: torch.Tensor,
     voc: bool = False,
     batch_size: int = 256,
+    ks: Sequence[int] = (),
 ) -> dict[str, torch.Tensor]:
     """Average precision of every query over the full ranking of the gallery.
 
@@ -45,19 +47,32 @@ def average_precisions(
             :func:`precision_sums_by_counting`.
         batch_size: Queries per similarity block (peak memory ~ 40 to 60 × batch_size × M
             bytes).
+        ks: Cut-offs for ``"hits"``, returned when the ranks are counted
+            (:func:`counts_ranks`): the exact ranks found for the AP also give P@k.
 
     Returns:
-        ``{"ap": ..., "voc_ap": ...}`` (``voc_ap`` only with ``voc``), float64 tensors of shape
-        (N,), values in [0, 1]; NaN for queries with R_q = 0.
+        ``{"ap": ..., "voc_ap": ..., "hits": ...}``: ``ap`` and ``voc_ap`` (only with ``voc``)
+        float64 tensors of shape (N,), values in [0, 1], NaN for queries with R_q = 0;
+        ``hits`` (only with ``ks`` when :func:`counts_ranks`) as in :func:`ranking_statistics`.
     """
-    if voc:
-        sums = precision_sums_by_sorting(query, gallery, query_labels, gallery_labels, voc=True,
-                                         batch_size=batch_size)
-    else:
-        sums = {"ap": precision_sums_by_counting(query, gallery, query_labels, gallery_labels,
-                                                 batch_size=batch_size)}
     counts = relevant_counts(query_labels, gallery_labels)
+    if counts_ranks(len(gallery), voc):
+        statistics = ranking_statistics(query, gallery, query_labels, gallery_labels, ks=ks,
+                                        batch_size=batch_size)
+        return {"ap": statistics["precision_sum"] / counts,
+                **({"hits": statistics["hits"]} if ks else {})}
+    sums = precision_sums_by_sorting(query, gallery, query_labels, gallery_labels, voc=voc,
+                                     batch_size=batch_size)
     return {name: values / counts for name, values in sums.items()}
+
+
+def counts_ranks(gallery_size: int, voc: bool = False) -> bool:
+    """Whether :func:`average_precisions` counts ranks (:func:`ranking_statistics`) or sorts rows.
+
+    Counting is faster and also gives P@k, but cannot interpolate (VOC AP) and needs galleries of
+    at most 2**26 items (the rank keys).
+    """
+    return not voc and _rank_key_shift(gallery_size) is not None
 
 
 def relevant_counts(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> torch.Tensor:
@@ -89,7 +104,7 @@ def precision_sums_by_counting(
     Returns:
         float64 tensor (N,); 0 for queries with R_q = 0.
     """
-    if _rank_key_shift(len(gallery)) is None:
+    if not counts_ranks(len(gallery)):
         return precision_sums_by_sorting(query, gallery, query_labels, gallery_labels, voc=False,
                                          batch_size=batch_size)["ap"]
     return ranking_statistics(query, gallery, query_labels, gallery_labels,
