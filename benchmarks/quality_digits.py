@@ -8,15 +8,17 @@ Variants (all through the same trainer, switched by config keys):
 - ``raw_pixels``: grayscale pixels, cosine (no training);
 - ``frozen_clip``: the frozen image features of the offline CLIP shipped in the package
   (``tpsnet-tiny-clip``, ``icons``), cosine (no training): the starting point a backbone
-  initialised from that CLIP would have;
+  initialised from that CLIP would have, and its zero-shot naming of the classes (image -> class
+  name top-1; digits as number words);
 - ``instance_only``: instance-contrastive training only (no clustering losses:
   ``synergy.loss_weights.prototype=0``, no priors, no re-clustering);
 - ``no_priors``: clustering + prototypes (+ instance loss), no text and no phase prior;
 - ``phase``: + phase prior;  ``text``: + text prior;  ``full``: TPSNet (both priors);
-- ``full_i2tce``: TPSNet with L_i2tce switched on (``synergy.loss_weights.image_text=1``; the Digits configs set 0
-  because the random CLIP's per-domain prompts give unrelated targets);
+- ``full_i2tce``: TPSNet with L_i2tce switched on (``synergy.loss_weights.image_text=1``; the Digits configs
+  set 0);
 - ``text_icons`` / ``full_icons``: ``text`` / ``full`` with the offline CLIP shipped in the package
-  (``model.clip_pretrained=icons``) as the text prior.
+  (``model.clip_pretrained=icons``) as the text prior; ``text_random_clip`` / ``full_random_clip``: with
+  a random CLIP (``model.clip_pretrained=null``), whatever the config names.
 
 ``--jobs N`` trains N runs at once in worker processes (``--threads`` torch threads each): on a
 GPU machine with many cores the whole study takes minutes instead of hours.
@@ -56,10 +58,15 @@ VARIANTS = {
     "text": ["model.phase_prior=false"],
     "full": [],
     "full_i2tce": ["synergy.loss_weights.image_text=1"],
-    # the text prior's CLIP switched to the offline weights shipped with the package
+    # the text prior's CLIP set explicitly, whatever the config names
     "text_icons": ["model.phase_prior=false", "model.clip_pretrained=icons"],
     "full_icons": ["model.clip_pretrained=icons"],
+    "text_random_clip": ["model.phase_prior=false", "model.clip_pretrained=null"],
+    "full_random_clip": ["model.clip_pretrained=null"],
 }
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# the default study: the pipeline's parts added one at a time, with the config's CLIP
+ABLATION = ("instance_only", "no_priors", "phase", "text", "full", "full_i2tce")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -83,15 +90,24 @@ def run_variant(config_path: str, variant: str, seed: int, extra: list[str], out
     return {"summary": summary, "history": history, "seconds": summary["wall_seconds"], "device": _device()}
 
 
-def frozen_clip_baseline(config_path: str, extra: list[str], out: Path) -> dict[str, dict[str, float]]:
-    """Retrieval with the frozen image tower of the shipped offline CLIP: direction -> metrics."""
+def frozen_clip_baseline(config_path: str, extra: list[str], out: Path) -> tuple[dict, dict]:
+    """The shipped offline CLIP, frozen, on this data: retrieval with its image features
+    (direction -> metrics) and its zero-shot naming of the classes (digits as number words)."""
     import torch.nn.functional as F
+    from open_clip import get_tokenizer
 
-    overrides = ["model.text_prior=true", "model.clip_pretrained=icons", "eval.plots=false",
-                 "accelerate.log_with=none", *extra]
+    from tpsnet_plugin.text_prior.icons_clip import encode_captions, zero_shot_accuracy
+
+    # last: the study's extra overrides must not swap the CLIP measured here
+    overrides = [*extra, "eval.plots=false", "accelerate.log_with=none", "model.text_prior=true",
+                 "model.clip_pretrained=icons"]
     trainer = TPSNetTrainer(load_config(config_path, overrides, output_dir=str(out / "frozen_clip")))
-    features = trainer.embed(encoder=trainer.prompt_learner.encode_images, desc="frozen CLIP features")
-    return trainer.evaluate_features(F.normalize(features, dim=-1))
+    features = F.normalize(trainer.embed(encoder=trainer.prompt_learner.encode_images,
+                                         desc="frozen CLIP features"), dim=-1)
+    names = [NUMBER_WORDS[int(c)] if c.isdigit() else c.replace("_", " ") for c in trainer.dataset.classes]
+    text = encode_captions(trainer.prompt_learner.clip, get_tokenizer(trainer.config["model"]["clip_model"]), names)
+    zero_shot = zero_shot_accuracy(features, [names[label] for label in trainer.true_labels], text, names, ks=(1,))
+    return trainer.evaluate_features(features), zero_shot
 
 
 def _label_free_vs_oracle(runs: list[dict]) -> dict:
@@ -141,7 +157,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/digits4.yaml")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=["raw_pixels", *VARIANTS],
+    parser.add_argument("--variants", nargs="+", default=["raw_pixels", *ABLATION],
                         choices=["raw_pixels", "frozen_clip", *VARIANTS])
     parser.add_argument("--set", dest="extra", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
                         help="extra config overrides for every run")
@@ -188,10 +204,11 @@ def main(argv=None) -> dict:
         (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
 
     if "frozen_clip" in args.variants:
-        results = frozen_clip_baseline(args.config, args.extra, Path(args.work_dir))
+        results, zero_shot = frozen_clip_baseline(args.config, args.extra, Path(args.work_dir))
         report["variants"]["frozen_clip"] = {
             "last": {d: {m: [v, 0.0] for m, v in ms.items()}
-                     for d, ms in {**results, "mean": mean_metrics(results)}.items()}
+                     for d, ms in {**results, "mean": mean_metrics(results)}.items()},
+            "zero_shot": zero_shot,
         }
         (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
 
@@ -199,6 +216,8 @@ def main(argv=None) -> dict:
         mean = data["last"]["mean"]
         lines.append(
             f"{variant:14s} " + "  ".join(f"{m}={v[0]:.2f}±{v[1]:.2f}" for m, v in mean.items())
+            + (f"  zero-shot class naming top-1={100 * data['zero_shot']['image_to_name_top1']:.2f}"
+               f" (chance {100 * data['zero_shot']['image_to_name_chance_top1']:.2f})" if "zero_shot" in data else "")
             + (f"  nmi={data['pseudo_label_nmi'][0]:.3f}  peak epochs={data['oracle_peak_epochs']}"
                if "pseudo_label_nmi" in data else "")
             + (f"  label-free epochs={[r['label_free_epoch'] for r in data['label_free']['runs']]}"
@@ -234,9 +253,10 @@ def _plots(report: dict, out: Path, name: str = "quality_digits") -> None:
     figure.savefig(out / f"{name}_ablation.png", dpi=100)
     plt.close(figure)
 
-    if "full" in report["variants"]:
+    full_name = next((v for v in ("full", "full_icons") if v in report["variants"]), None)
+    if full_name is not None:
         figure, axis = plt.subplots(figsize=(6, 4))
-        full = report["variants"]["full"]
+        full = report["variants"][full_name]
         clusterings_per_seed = full.get("clustering") or [[] for _ in full["curves"]]
         for seed, history, clusterings in zip(report["seeds"], full["curves"], clusterings_per_seed):
             by_epoch: dict[int, list[dict]] = {}

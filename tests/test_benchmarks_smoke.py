@@ -151,3 +151,38 @@ def test_domainnet_scale_quick_runs_the_whole_pipeline(tmp_path):
         assert set(metrics) == {"precision_at_50", "precision_at_100", "precision_at_200", "map_at_all"}
         assert all(0 <= value <= 100 for value in metrics.values())
     assert report["phase_branch_compiled"] is False  # auto: eager on the CPU
+
+
+def test_frozen_clip_baseline_matches_a_brute_force_ranking_of_the_clip_features(tmp_path):
+    import importlib.util
+
+    import torch
+    import torch.nn.functional as F
+
+    from tpsnet_plugin.training.data import images_as_float
+    from tpsnet_plugin.text_prior.icons_clip import encode_captions
+    from tpsnet_plugin.training import TPSNetTrainer, load_config
+
+    spec = importlib.util.spec_from_file_location("quality_digits", ROOT / "benchmarks" / "quality_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = ["data.subset_per_domain=60", "model.clip_pretrained=null"]  # the baseline must use icons anyway
+    results, zero_shot = module.frozen_clip_baseline(str(ROOT / "configs" / "digits.yaml"), tiny, tmp_path)
+
+    trainer = TPSNetTrainer(load_config(ROOT / "configs" / "digits.yaml", [*tiny, "model.clip_pretrained=icons"],
+                                        output_dir=str(tmp_path / "reference")))
+    images = torch.stack([images_as_float(trainer.dataset[i][0]) for i in range(len(trainer.dataset))])
+    features = F.normalize(trainer.prompt_learner.encode_images(images), dim=-1)
+    labels, domains = torch.as_tensor(trainer.true_labels), trainer.domains
+    query, gallery = domains == 0, domains == 1
+    nearest = (features[query] @ features[gallery].T).argmax(1)
+    expected = 100 * (labels[gallery][nearest] == labels[query]).double().mean().item()
+    assert results["handwritten-mnist->printed"]["precision_at_1"] == pytest.approx(expected)
+
+    words = [module.NUMBER_WORDS[i] for i in range(10)]
+    from open_clip import get_tokenizer
+
+    text = encode_captions(trainer.prompt_learner.clip, get_tokenizer("tpsnet-tiny-clip"), words)
+    named = (features @ text.T).argmax(1)
+    assert zero_shot["image_to_name_top1"] == pytest.approx((named == labels).double().mean().item())
+    assert zero_shot["images"] == len(features) == 120 and zero_shot["image_to_name_chance_top1"] == 0.1
