@@ -13,7 +13,8 @@ the icon corpus (``scripts/build_icons.py``; ``tpsnet_plugin.data.icons.load_man
   one image per icon name in a batch (the same name in two themes would be a false negative);
 * resumable: ``accelerator.save_state`` every ``--save-every`` steps into
   ``<output-dir>/checkpoint`` (written to a temporary folder, then renamed), and ``--resume``
-  continues from it; the final weights go to ``<output-dir>/model.safetensors`` with a
+  continues from it exactly as an uninterrupted run would (model, optimizer, schedule, sampler
+  and augmentation streams are all in the checkpoint); the final weights go to ``<output-dir>/model.safetensors`` with a
   ``train_log.json`` (loss curve, settings, wall time).
 
 Example::
@@ -118,16 +119,35 @@ class ThemeBalancedSampler:
 class Progress:
     """The step counter and loss curve, checkpointed by Accelerate (register_for_checkpointing)."""
 
-    def __init__(self):
+    def __init__(self, total_steps: int):
         self.step = 0
+        self.total_steps = total_steps  # the learning-rate schedule's length
         self.curve: list[list[float]] = []  # [step, mean loss over the last log interval]
         self.elapsed = 0.0
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "curve": self.curve, "elapsed": self.elapsed}
+        return {"step": self.step, "total_steps": self.total_steps, "curve": self.curve, "elapsed": self.elapsed}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.curve, self.elapsed = int(state["step"]), list(state["curve"]), float(state["elapsed"])
+        self.total_steps = int(state["total_steps"])
+
+
+class RandomStreams:
+    """The augmentation and caption-template streams, checkpointed with the run, so a resumed run
+    draws exactly what an uninterrupted one would."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.python = random.Random(seed)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "python": self.python.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        version, internal, gauss = state["python"]
+        self.python.setstate((version, tuple(internal), gauss))
 
 
 def augment(images: torch.Tensor, flippable: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -239,10 +259,9 @@ def main(argv=None) -> int:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     sampler = ThemeBalancedSampler([r.theme for r in records], [r.name for r in records],
                                    args.theme_power, args.seed + accelerator.process_index)
-    progress = Progress()
-    accelerator.register_for_checkpointing(sampler, progress)
-    generator = torch.Generator().manual_seed(args.seed)
-    py_rng = random.Random(args.seed)
+    progress = Progress(total_steps)
+    streams = RandomStreams(args.seed)
+    accelerator.register_for_checkpointing(sampler, progress, streams)
 
     if args.resume:
         checkpoint = find_checkpoint(output_dir)
@@ -250,9 +269,12 @@ def main(argv=None) -> int:
             accelerator.print(f"--resume: no finished checkpoint in {output_dir}, starting from step 0")
         else:
             accelerator.load_state(str(checkpoint))
-            # fresh streams derived from the step, so a resumed run is reproducible
-            generator.manual_seed(args.seed * 1_000_003 + progress.step)
-            py_rng.seed(args.seed * 1_000_003 + progress.step)
+            if progress.total_steps != total_steps:
+                # the cosine schedule (and the optimizer's current learning rate) follow the run length
+                accelerator.print(f"--resume: {checkpoint} belongs to a run of {progress.total_steps} steps, "
+                                  f"not {total_steps}: resume with the same --steps/--epochs and --batch-size, "
+                                  "or start a new run in another --output-dir")
+                return 2
             accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
     elif find_checkpoint(output_dir) is not None:
         accelerator.print(f"{output_dir} already holds a checkpoint: pass --resume to continue it "
@@ -268,9 +290,9 @@ def main(argv=None) -> int:
     last = time.time()
     while progress.step < total_steps:
         indices = sampler.batch(args.batch_size)
-        batch = augment(images[indices], flippable[indices], generator).to(accelerator.device)
+        batch = augment(images[indices], flippable[indices], streams.generator).to(accelerator.device)
         batch = preprocess(batch, unwrapped)
-        texts = [py_rng.choice(TEMPLATES).format(captions[i]) for i in indices]
+        texts = [streams.python.choice(TEMPLATES).format(captions[i]) for i in indices]
         tokens = tokenizer(texts).to(accelerator.device)
         image_features, text_features, logit_scale = model(batch, tokens)[:3]
         loss = loss_fn(image_features, text_features, logit_scale)

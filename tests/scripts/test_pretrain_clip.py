@@ -1,0 +1,94 @@
+"""Tests for scripts/pretrain_clip.py: CLIP pretraining on the icon corpus, resumable."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import tpsnet_plugin  # noqa: F401  (applies the torchvision import fix first)
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+NAMES = ["folder-open", "mail-send", "weather-clear", "audio-volume-high", "user-home", "edit-copy"]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load("pretrain_clip")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A built icon corpus: two training themes of six names each (distinct colours)."""
+    build_icons = _load("build_icons")
+    root = tmp_path_factory.mktemp("icons")
+    themes = {}
+    for t, theme in enumerate(("alpha", "beta")):
+        for i, name in enumerate(NAMES):
+            path = root / "themes" / theme / "48x48" / "apps" / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (48, 48), (40 * i, 100 + 50 * t, 200)).save(path)
+        themes[theme] = root / "themes" / theme
+    result = build_icons.build_corpus(themes, root / "corpus", size=24, holdout=[])
+    build_icons.write_marker(root / "corpus", result, 24, [])
+    return root / "corpus"
+
+
+def _run(script, corpus, out, *extra):
+    return script.main(["--cache-dir", str(corpus), "--output-dir", str(out), "--batch-size", "4",
+                        "--image-size", "24", "--warmup", "1", "--log-every", "1", "--threads", "1", *extra])
+
+
+def test_resumed_run_ends_exactly_where_an_uninterrupted_one_does(script, corpus, tmp_path, monkeypatch):
+    assert _run(script, corpus, tmp_path / "straight", "--steps", "4", "--save-every", "2") == 0
+    # killed right after its checkpoint at step 2, then resumed with the same command + --resume
+    save = script.save_checkpoint
+
+    def save_then_die(*args):
+        save(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(script, corpus, tmp_path / "resumed", "--steps", "4", "--save-every", "2")
+    monkeypatch.setattr(script, "save_checkpoint", save)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    assert _run(script, corpus, tmp_path / "resumed", "--steps", "4", "--save-every", "2", "--resume") == 0
+    straight, resumed = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("straight", "resumed"))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    log = json.loads((tmp_path / "resumed" / "train_log.json").read_text())
+    assert [step for step, _ in log["loss_curve"]] == [1, 2, 3, 4]
+    assert log["loss_curve"] == json.loads((tmp_path / "straight" / "train_log.json").read_text())["loss_curve"]
+    # the training changed the weights: a fresh model differs
+    import open_clip
+
+    fresh = open_clip.create_model("tpsnet-tiny-clip").state_dict()
+    assert not torch.equal(fresh["text_projection"], straight["text_projection"])
+
+
+def test_existing_checkpoint_without_resume_is_refused(script, corpus, tmp_path, capsys):
+    assert _run(script, corpus, tmp_path / "run", "--steps", "1") == 0
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    assert _run(script, corpus, tmp_path / "run", "--steps", "1") == 2
+    assert "pass --resume" in capsys.readouterr().out
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+
+def test_resume_with_another_run_length_is_refused(script, corpus, tmp_path, capsys):
+    # the cosine schedule follows the run length: a changed --steps would silently change it
+    assert _run(script, corpus, tmp_path / "run", "--steps", "2") == 0
+    assert _run(script, corpus, tmp_path / "run", "--steps", "4", "--resume") == 2
+    assert "belongs to a run of 2 steps, not 4" in capsys.readouterr().out
