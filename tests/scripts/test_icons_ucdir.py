@@ -1,8 +1,5 @@
 """Tests for scripts/icons_ucdir.py: a folder dataset of icon themes (domains) and name groups (classes)."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -10,21 +7,11 @@ from PIL import Image
 import tpsnet_plugin  # noqa: F401  (applies the torchvision import fix first)
 from tpsnet_plugin.training.data import build_dataset
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script executes
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(tmp_path_factory, load_script):
     """A built icon corpus of three fake themes (two of them with every group)."""
-    build_icons = _load("build_icons")
+    build_icons = load_script("build_icons")
     root = tmp_path_factory.mktemp("icons")
     names = {"alpha": ["folder-open", "folder-home", "mail-send", "weather-clear"],
              "beta": ["folder-open", "mail-read", "mail-send", "weather-fog"],
@@ -41,8 +28,8 @@ def corpus(tmp_path_factory):
     return root / "corpus"
 
 
-def test_builds_a_folder_dataset_of_themes_and_name_groups(corpus, tmp_path):
-    script = _load("icons_ucdir")
+def test_builds_a_folder_dataset_of_themes_and_name_groups(corpus, tmp_path, load_script):
+    script = load_script("icons_ucdir")
     counts = script.build(tmp_path / "out", ("alpha", "beta"), ("folder", "mail", "weather"), corpus)
     assert counts == {("alpha", "folder"): 2, ("alpha", "mail"): 1, ("alpha", "weather"): 1,
                       ("beta", "folder"): 1, ("beta", "mail"): 2, ("beta", "weather"): 1}
@@ -54,8 +41,8 @@ def test_builds_a_folder_dataset_of_themes_and_name_groups(corpus, tmp_path):
     assert dataset.classes == ["folder", "mail", "weather"] and len(dataset) == 8
 
 
-def test_a_group_missing_from_a_theme_and_a_non_empty_output_are_errors(corpus, tmp_path):
-    script = _load("icons_ucdir")
+def test_a_group_missing_from_a_theme_and_a_non_empty_output_are_errors(corpus, tmp_path, load_script):
+    script = load_script("icons_ucdir")
     with pytest.raises(ValueError, match=r"\('gamma', 'mail'\)"):
         script.build(tmp_path / "a", ("alpha", "gamma"), ("folder", "mail"), corpus)
     (tmp_path / "b").mkdir()

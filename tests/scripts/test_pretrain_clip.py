@@ -1,9 +1,6 @@
 """Tests for scripts/pretrain_clip.py: CLIP pretraining on the icon corpus, resumable."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,27 +9,18 @@ from safetensors.torch import load_file
 
 import tpsnet_plugin  # noqa: F401  (applies the torchvision import fix first)
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 NAMES = ["folder-open", "mail-send", "weather-clear", "audio-volume-high", "user-home", "edit-copy"]
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script executes
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def script(load_script):
+    return load_script("pretrain_clip")
 
 
 @pytest.fixture(scope="module")
-def script():
-    return _load("pretrain_clip")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(tmp_path_factory, load_script):
     """A built icon corpus: two training themes of six names each (distinct colours)."""
-    build_icons = _load("build_icons")
+    build_icons = load_script("build_icons")
     root = tmp_path_factory.mktemp("icons")
     themes = {}
     for t, theme in enumerate(("alpha", "beta")):
