@@ -1,6 +1,5 @@
 """Tests for scripts/icons_ucdir.py: a folder dataset of icon themes (domains) and name groups (classes)."""
 
-
 import pytest
 from PIL import Image
 
