@@ -14,8 +14,8 @@ Variants (all through the same trainer, switched by config keys):
   ``synergy.loss_weights.prototype=0``, no priors, no re-clustering);
 - ``no_priors``: clustering + prototypes (+ instance loss), no text and no phase prior;
 - ``phase``: + phase prior;  ``text``: + text prior;  ``full``: TPSNet (both priors);
-- ``full_i2tce``: TPSNet with L_i2tce switched on (``synergy.loss_weights.image_text=1``; the Digits configs
-  set 0);
+- ``full_i2tce``: TPSNet with L_i2tce at weight 1 (``synergy.loss_weights.image_text=1``, the paper's; the
+  Digits configs use it with the icons CLIP, the generic and mnist-m recipes set 0);
 - ``text_icons`` / ``full_icons``: ``text`` / ``full`` with the offline CLIP shipped in the package
   (``model.clip_pretrained=icons``) as the text prior; ``text_random_clip`` / ``full_random_clip``: with
   a random CLIP (``model.clip_pretrained=null``), whatever the config names.
