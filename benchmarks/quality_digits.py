@@ -110,6 +110,11 @@ def frozen_clip_baseline(config_path: str, extra: list[str], out: Path) -> tuple
     return trainer.evaluate_features(features), zero_shot
 
 
+def _untrained(results: dict[str, dict[str, float]]) -> dict[str, dict[str, list[float]]]:
+    """A baseline's direction -> metrics in the [mean, std] form of the trained variants (no seeds)."""
+    return {d: {m: [v, 0.0] for m, v in ms.items()} for d, ms in {**results, "mean": mean_metrics(results)}.items()}
+
+
 def _label_free_vs_oracle(runs: list[dict]) -> dict:
     """Per run: the label-free epoch, the oracle epoch and the mean P@1 the label-free choice gives up."""
     rows = []
@@ -197,19 +202,12 @@ def main(argv=None) -> dict:
         }
         if "raw_pixels" not in report["variants"] and "raw_pixels" in args.variants:
             baseline = runs[0]["summary"]["raw_pixel_baseline"]
-            report["variants"]["raw_pixels"] = {
-                "last": {d: {m: [v, 0.0] for m, v in ms.items()}
-                         for d, ms in {**baseline, "mean": mean_metrics(baseline)}.items()}
-            }
+            report["variants"]["raw_pixels"] = {"last": _untrained(baseline)}
         (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
 
     if "frozen_clip" in args.variants:
         results, zero_shot = frozen_clip_baseline(args.config, args.extra, Path(args.work_dir))
-        report["variants"]["frozen_clip"] = {
-            "last": {d: {m: [v, 0.0] for m, v in ms.items()}
-                     for d, ms in {**results, "mean": mean_metrics(results)}.items()},
-            "zero_shot": zero_shot,
-        }
+        report["variants"]["frozen_clip"] = {"last": _untrained(results), "zero_shot": zero_shot}
         (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
 
     for variant, data in report["variants"].items():

@@ -14,8 +14,8 @@ the icon corpus (``scripts/build_icons.py``; ``tpsnet_plugin.data.icons.load_man
 * resumable: ``accelerator.save_state`` every ``--save-every`` steps into
   ``<output-dir>/checkpoint`` (written to a temporary folder, then renamed), and ``--resume``
   continues from it exactly as an uninterrupted run would (model, optimizer, schedule, sampler
-  and augmentation streams are all in the checkpoint); the final weights go to ``<output-dir>/model.safetensors`` with a
-  ``train_log.json`` (loss curve, settings, wall time).
+  and augmentation streams are all in the checkpoint); the final weights go to
+  ``<output-dir>/model.safetensors`` with a ``train_log.json`` (loss curve, settings, wall time).
 
 Example::
 
