@@ -1,11 +1,16 @@
-"""The training data: image_size auto fits the data."""
+"""The training data: image_size auto fits the data; data too small for the config is reported."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tpsnet_plugin.training import build_dataset, load_config
-from tpsnet_plugin.training.data import fitting_image_size
+from tpsnet_plugin.training import TPSNetTrainer, build_dataset, load_config
+from tpsnet_plugin.training.data import fit_batch_to_dataset, fitting_image_size, small_domain_warnings
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def folder_dataset(root, sides):
@@ -32,3 +37,47 @@ def test_auto_image_size_is_the_median_shorter_side(tmp_path, sides, expected):
 def test_auto_image_size_of_digits_is_native():
     config = load_config(overrides=["data.image_size=auto", "data.subset_per_domain=10"])
     assert build_dataset(config["data"])[0][0].shape == (3, 28, 28)
+
+
+def test_small_domain_warnings_name_the_domain_the_sizes_and_the_fix():
+    assert small_domain_warnings({"a": 40, "b": 400}, num_clusters=10, m_per_cluster=4) == []
+    (message,) = small_domain_warnings({"a": 39, "b": 400}, num_clusters=10, m_per_cluster=4)
+    assert message.startswith("domain 'a' has 39 images for 10 clusters")
+    assert "(40 images)" in message and "data.num_clusters or synergy.m_per_cluster" in message
+
+
+def test_fit_batch_to_dataset():
+    assert fit_batch_to_dataset(256, 1000) == (256, None)
+    assert fit_batch_to_dataset(256, 256) == (256, None)
+    assert fit_batch_to_dataset(256, 1000, num_processes=8) == (125, "warmup.batch_size=256 is larger than the "
+                                                                     "1000 images on 8 process(es): the warm-up "
+                                                                     "uses batches of 125")
+    with pytest.raises(ValueError, match="at least 2 images per process"):
+        fit_batch_to_dataset(256, 3, num_processes=2)
+
+
+def test_generic_recipe_on_a_tiny_folder_dataset_trains_and_says_what_it_changed(tmp_path):
+    """30 images, a domain below clusters x m_per_cluster: the run finishes and its summary says so."""
+    rng = np.random.default_rng(0)
+    for domain, per_class in (("a", 12), ("b", 3)):
+        for label in ("x", "y"):
+            folder = tmp_path / "data" / domain / label
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    config = load_config(REPO / "configs" / "folder.yaml", [
+        f"data.root={tmp_path / 'data'}", "data.domains=[a, b]", "data.num_workers=0",
+        "model.rgb_kwargs={widths: [8, 8, 16, 16]}", "model.phase_kwargs={widths: [8, 8, 16, 16]}",
+        "warmup.min_steps=2", "synergy.min_steps=2", "cluster.niter=5", "cluster.nredo=1", "prompts.epochs=1",
+        "eval.plots=false", "accelerate.log_with=none",
+    ], output_dir=str(tmp_path / "run"))
+    with pytest.warns(UserWarning) as caught:
+        trainer = TPSNetTrainer(config)
+    small, batch = ("domain 'b' has 6 images for 2 clusters",
+                    "warmup.batch_size=256 is larger than the 30 images on 1 process(es)")
+    assert [str(w.message)[:len(small)] for w in caught].count(small) == 1
+    assert any(str(w.message).startswith(batch) for w in caught)
+    assert trainer.stages[0].batch_size == 30
+    summary = trainer.fit()
+    assert summary["warnings"][0].startswith(small) and summary["warnings"][1].startswith(batch)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["warnings"][:2] == summary["warnings"][:2]

@@ -72,6 +72,56 @@ def fitting_image_size(dataset: MultiDomainDataset, sample: int = 256, seed: int
     return int(min(max(int(np.median(sides)) // 8 * 8, low), high))
 
 
+def small_domain_warnings(domain_sizes: Mapping[str, int], num_clusters: int, m_per_cluster: int) -> list[str]:
+    """Warnings for domains with fewer images than ``num_clusters * m_per_cluster``.
+
+    Such a domain averages fewer than ``m_per_cluster`` images per cluster: its k-means clusters
+    hold a few images each, the synergy batches repeat them, and its pseudo-labels are unreliable.
+
+    Args:
+        domain_sizes: Number of images per domain name.
+        num_clusters: Clusters per domain (the number of classes unless ``data.num_clusters``).
+        m_per_cluster: Images per cluster in a synergy batch.
+
+    Returns:
+        One message per small domain, naming the sizes and the fix.
+    """
+    needed = num_clusters * m_per_cluster
+    return [
+        f"domain {name!r} has {size} images for {num_clusters} clusters, fewer than "
+        f"synergy.m_per_cluster={m_per_cluster} per cluster on average ({needed} images): its clusters hold "
+        "a few images each and its pseudo-labels are unreliable. Add images to this domain, or lower "
+        "data.num_clusters or synergy.m_per_cluster."
+        for name, size in domain_sizes.items() if size < needed
+    ]
+
+
+def fit_batch_to_dataset(batch_size: int, num_images: int, num_processes: int = 1) -> tuple[int, str | None]:
+    """The warm-up batch size, lowered to the images each process holds when it has fewer.
+
+    The warm-up keeps full batches only, so a batch larger than the dataset would leave no step.
+
+    Args:
+        batch_size: ``warmup.batch_size`` (per process).
+        num_images: Images in the dataset.
+        num_processes: Training processes (each takes a disjoint share of every epoch).
+
+    Returns:
+        ``(batch_size, note)``: the batch size to use and, when it was lowered, a message saying so.
+
+    Raises:
+        ValueError: Fewer than 2 images per process (no contrastive batch can be formed).
+    """
+    per_process = num_images // num_processes
+    if per_process < 2:
+        raise ValueError(f"{num_images} image(s) on {num_processes} process(es): the warm-up needs at least 2 "
+                         "images per process; add images or train on fewer processes")
+    if batch_size <= per_process:
+        return batch_size, None
+    return per_process, (f"warmup.batch_size={batch_size} is larger than the {num_images} images on "
+                         f"{num_processes} process(es): the warm-up uses batches of {per_process}")
+
+
 def cache_images(dataset: Dataset, num_workers: int = 0, show_progress: bool = True) -> torch.Tensor:
     """Decode every image once into a uint8 tensor (N×3×S×S), in dataset order."""
     loader = DataLoader(dataset, batch_size=256, num_workers=num_workers)

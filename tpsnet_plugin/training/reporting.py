@@ -46,7 +46,7 @@ LABEL_FREE_CRITERION = (
 
 
 def build_summary(history: Sequence[Mapping[str, Any]], *, first_k: int, domain_names: Sequence[str],
-                  **extra: Any) -> dict[str, Any]:
+                  setup_warnings: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
     """The run's summary: last-epoch results, the baseline, the label-free and oracle-best epochs.
 
     Args:
@@ -54,6 +54,8 @@ def build_summary(history: Sequence[Mapping[str, Any]], *, first_k: int, domain_
         first_k: The first P@k cut-off: the oracle-best epoch has the best mean P@first_k, and the
             run is flagged when its last mean P@first_k is not above the baseline's.
         domain_names: Domain names in dataset order.
+        setup_warnings: Warnings raised before training (e.g. a domain too small for the config),
+            listed first in ``warnings``.
         **extra: Further entries (wall time, process count, config).
     """
     evaluated = [r for r in history if "results" in r and r["stage"] == "synergy"]
@@ -67,7 +69,7 @@ def build_summary(history: Sequence[Mapping[str, Any]], *, first_k: int, domain_
     baseline = baselines[-1] if baselines else None
     clusterings = [r for r in history if "clustering" in r]
     last = evaluated[-1]["results"]
-    warnings = []
+    warnings = list(setup_warnings)
     if baseline is not None:
         trained, start = mean_metrics(last)[key], mean_metrics(baseline["results"])[key]
         if not trained > start:

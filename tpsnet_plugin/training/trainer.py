@@ -8,6 +8,7 @@ losses see carries no labels at all.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -38,7 +39,15 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import default_config, flatten_config, merge_config, validate_config
-from .data import build_dataset, cache_images, dataset_fingerprint, images_as_float, unlabelled_view
+from .data import (
+    build_dataset,
+    cache_images,
+    dataset_fingerprint,
+    fit_batch_to_dataset,
+    images_as_float,
+    small_domain_warnings,
+    unlabelled_view,
+)
 from .hooks import CheckpointHook, EvaluationHook, LoggingHook, ReclusterHook
 from .progress import progress
 from .reporting import build_summary, export_model, write_records, write_summary
@@ -97,6 +106,11 @@ class TPSNetTrainer:
         self.true_labels = np.asarray(self.dataset.labels, dtype=np.int64)
         self.domains = torch.as_tensor(np.asarray(self.dataset.domains), dtype=torch.long)
         self.image_size = int(self.dataset[0][0].shape[-1])  # resolved (data.image_size may be "auto")
+        domain_sizes = np.bincount(self.domains.numpy(), minlength=self.num_domains).tolist()
+        # printed now and repeated in summary.json: data too small for the config degrades silently otherwise
+        self.setup_warnings = small_domain_warnings(
+            dict(zip(self.domain_names, domain_sizes)), self.num_clusters, int(cfg["synergy"]["m_per_cluster"])
+        )
         self.images = (
             cache_images(self.dataset, self.num_workers, show_progress=self.accelerator.is_local_main_process)
             if cfg["data"]["cache_in_memory"] else None
@@ -152,6 +166,8 @@ class TPSNetTrainer:
             self.accelerator.register_for_checkpointing(PromptContext(self.prompt_learner))
 
         self.stages = self.build_stages()
+        for warning in self.setup_warnings:
+            warnings.warn(warning, stacklevel=2)
         self._fingerprint = dataset_fingerprint(self.dataset)
         self._epoch_embeddings: tuple[tuple[str, int], torch.Tensor] | None = None
 
@@ -165,7 +181,14 @@ class TPSNetTrainer:
             CheckpointHook(every=cfg["synergy"]["checkpoint_every"]),
         ]
         s2 = cfg["synergy"]
-        stages: list[Stage] = [WarmupStage.from_config(cfg["warmup"]), ClusteringStage()]
+        warmup = dict(cfg["warmup"])
+        if warmup["epochs"]:
+            warmup["batch_size"], note = fit_batch_to_dataset(
+                warmup["batch_size"], len(self.dataset), self.accelerator.num_processes
+            )
+            if note and note not in self.setup_warnings:  # build_stages may be called again
+                self.setup_warnings.append(note)
+        stages: list[Stage] = [WarmupStage.from_config(warmup), ClusteringStage()]
         if self.prompt_learner is not None:
             stages.append(PromptStage.from_config(cfg["prompts"]))
         stages.append(SynergyStage(s2["epochs"], s2["batch_size"], s2["m_per_cluster"], hooks=hooks,
@@ -232,6 +255,7 @@ class TPSNetTrainer:
             self.state.history,
             first_k=int(self.config["eval"]["ks"][0]),
             domain_names=self.domain_names,
+            setup_warnings=self.setup_warnings,
             wall_seconds=self.state.elapsed,
             num_processes=self.accelerator.num_processes,
             config=self.config,
