@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from tpsnet_plugin.training import BatchAugment
+from tpsnet_plugin.training.augment import amplitude_mix
 
 
 def test_identity_settings_return_the_input():
@@ -100,3 +101,45 @@ def test_saturation_and_inversion():
     colour = torch.rand(4, 3, 8, 8)
     desaturated = BatchAugment(**still, saturation=1.0)(colour, generator=torch.Generator().manual_seed(1))
     assert not torch.allclose(desaturated, colour)
+
+
+def _dft2(image: torch.Tensor) -> torch.Tensor:
+    # Brute-force 2-D DFT of an H×W image as two matrix products with the DFT matrices.
+    height, width = image.shape
+
+    def matrix(n):
+        k = torch.arange(n, dtype=torch.float64)
+        return torch.exp(-2j * torch.pi * torch.outer(k, k) / n)
+
+    return matrix(height) @ image.to(torch.complex128) @ matrix(width)
+
+
+def test_amplitude_mix_takes_the_partners_amplitude_and_keeps_the_phase():
+    images = torch.rand(4, 3, 6, 5, dtype=torch.float64)
+    partner = torch.tensor([2, 3, 0, 1])
+    weight = torch.tensor([0.0, 0.25, 1.0, 0.5], dtype=torch.float64)
+    out = amplitude_mix(images, partner, weight)
+    assert out.dtype == images.dtype and out.shape == images.shape
+    for i in range(4):
+        for c in range(3):
+            mine, theirs, mixed = (_dft2(images[i, c]), _dft2(images[partner[i], c]), _dft2(out[i, c]))
+            expected = (1 - weight[i]) * mine.abs() + weight[i] * theirs.abs()
+            # the inverse FFT's real part is the whole result: the mixed spectrum is Hermitian
+            assert torch.allclose(mixed.abs(), expected, atol=1e-9)
+            kept = expected > 1e-6
+            assert torch.allclose(torch.polar(torch.ones_like(mixed.abs()), mixed.angle())[kept],
+                                  torch.polar(torch.ones_like(mine.abs()), mine.angle())[kept], atol=1e-9)
+    assert torch.allclose(out[0], images[0], atol=1e-12)
+
+
+def test_amplitude_mix_option_is_seeded_off_by_default_and_validated():
+    images = torch.rand(8, 3, 12, 12)
+    still = dict(crop_scale=(1.0, 1.0), rotation=0, translate=0, brightness=0, contrast=0)
+    assert torch.allclose(BatchAugment(**still)(images), images, atol=1e-5)
+    augment = BatchAugment(**still, amplitude_mix_p=1.0)
+    first = augment(images, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first, augment(images, generator=torch.Generator().manual_seed(0)))
+    assert not torch.allclose(first, images, atol=1e-3) and first.min() >= 0 and first.max() <= 1
+    for bad in ({"amplitude_mix_p": 1.5}, {"amplitude_mix_ratio": 0.0}, {"amplitude_mix_ratio": 2.0}):
+        with pytest.raises(ValueError, match="amplitude_mix"):
+            BatchAugment(**bad)

@@ -125,6 +125,8 @@ def test_no_section_reads_another_sections_keys():
         ("accelerate.mixed_precision=fp8", r"'accelerate.mixed_precision' must be one of no, fp16, bf16"),
         ("data.domains=[a]", r"'data.domains' needs two or more different domains"),
         ("model.rgb_kwargs=3", r"'model.rgb_kwargs' expects a mapping"),
+        ("augment.amplitude_mix_ratio=0", r"'augment.amplitude_mix_ratio' must be > 0 and <= 1"),
+        ("augment.amplitude_mix_p=1.5", r"'augment.amplitude_mix_p' must be >= 0 and <= 1"),
     ],
 )
 def test_bad_values_fail_at_load_time_naming_the_key(override, message):

@@ -36,6 +36,13 @@ class BatchAugment(nn.Module):
             ``elastic_sigma`` pixels, is added to the sampling grid. Handwriting varies this way;
             0 turns it off.
         elastic_sigma: Smoothing of the elastic displacement field, in pixels.
+        amplitude_mix_p: Probability of mixing a view's Fourier amplitude spectrum with that of
+            another image of the batch (per channel, phase kept): the view takes on another
+            image's, often another domain's, colour and texture statistics while its shapes stay
+            (amplitude mix, Xu et al., "A Fourier-based Framework for Domain Generalization",
+            CVPR 2021). Meant for domains that differ in texture or background; 0 turns it off.
+        amplitude_mix_ratio: Upper end of the mixing weight λ ~ U(0, ratio) given to the other
+            image's amplitude.
     """
 
     def __init__(
@@ -52,6 +59,8 @@ class BatchAugment(nn.Module):
         morphology_p: float = 0.0,
         elastic_alpha: float = 0.0,
         elastic_sigma: float = 4.0,
+        amplitude_mix_p: float = 0.0,
+        amplitude_mix_ratio: float = 1.0,
     ) -> None:
         super().__init__()
         low, high = crop_scale
@@ -76,6 +85,11 @@ class BatchAugment(nn.Module):
                              f"got {elastic_alpha} and {elastic_sigma}")
         self.elastic_alpha = float(elastic_alpha)
         self.elastic_sigma = float(elastic_sigma)
+        if not 0 <= amplitude_mix_p <= 1 or not 0 < amplitude_mix_ratio <= 1:
+            raise ValueError(f"amplitude_mix_p must be in [0, 1] and amplitude_mix_ratio in (0, 1], "
+                             f"got {amplitude_mix_p} and {amplitude_mix_ratio}")
+        self.amplitude_mix_p = float(amplitude_mix_p)
+        self.amplitude_mix_ratio = float(amplitude_mix_ratio)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment ``images`` (B×C×H×W floats in [0, 1]); returns a new tensor of the same shape."""
@@ -124,6 +138,10 @@ class BatchAugment(nn.Module):
             eroded = -F.max_pool2d(-out, 3, stride=1, padding=1)
             pick = uniform(0, 1).view(-1, 1, 1, 1)
             out = torch.where(pick < self.morphology_p / 2, dilated, torch.where(pick < self.morphology_p, eroded, out))
+        if self.amplitude_mix_p > 0:
+            weight = uniform(0, self.amplitude_mix_ratio) * (uniform(0, 1) < self.amplitude_mix_p)
+            partner = torch.randperm(batch, device=device, generator=generator)
+            out = amplitude_mix(out.clamp(0, 1), partner, weight)
         return out.clamp(0, 1)
 
     def _elastic_displacement(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -141,3 +159,23 @@ class BatchAugment(nn.Module):
         noise = F.conv2d(F.pad(noise, (0, 0, radius, radius), mode="replicate"), column_kernel, groups=2)
         scale = torch.tensor([2.0 / width, 2.0 / height], device=images.device, dtype=images.dtype)
         return noise.permute(0, 2, 3, 1) * self.elastic_alpha * scale
+
+
+def amplitude_mix(images: torch.Tensor, partner: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Images whose Fourier amplitude is mixed with their partners', phase kept.
+
+    Args:
+        images: B×C×H×W real images.
+        partner: B indices into the batch: image ``i`` takes amplitude from ``images[partner[i]]``.
+        weight: B mixing weights λ in [0, 1]: amplitude ``(1 - λ) |F(x_i)| + λ |F(x_partner)|``
+            per channel; λ = 0 returns the image unchanged (up to FFT rounding).
+
+    Returns:
+        The mixed images, B×C×H×W, in the input's dtype (computed in float32 at least).
+    """
+    compute = torch.promote_types(images.dtype, torch.float32)
+    spectrum = torch.fft.fft2(images.to(compute))
+    amplitude, phase = spectrum.abs(), spectrum.angle()
+    weight = weight.to(compute).view(-1, 1, 1, 1)
+    mixed = (1 - weight) * amplitude + weight * amplitude[partner]
+    return torch.fft.ifft2(torch.polar(mixed, phase)).real.to(images.dtype)

@@ -286,6 +286,8 @@ _RANGES = {
     "augment.morphology_p": (0, 1, False),
     "augment.elastic_alpha": (0, None, False),
     "augment.elastic_sigma": (0, None, True),
+    "augment.amplitude_mix_p": (0, 1, False),
+    "augment.amplitude_mix_ratio": (0, 1, True),
     "accelerate.gradient_accumulation_steps": (1, None, False),
 }
 # Options whose default is null: what else they accept.
