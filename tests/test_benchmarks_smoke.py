@@ -186,3 +186,45 @@ def test_frozen_clip_baseline_matches_a_brute_force_ranking_of_the_clip_features
     named = (features @ text.T).argmax(1)
     assert zero_shot["image_to_name_top1"] == pytest.approx((named == labels).double().mean().item())
     assert zero_shot["images"] == len(features) == 120 and zero_shot["image_to_name_chance_top1"] == 0.1
+
+
+def test_embedding_parts_matches_the_run_and_a_direct_computation(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    from tpsnet_plugin.evaluation import evaluate_domains
+    from tpsnet_plugin.retrieve import load_trained_model
+    from tpsnet_plugin.training import TPSNetTrainer, load_config
+    from tpsnet_plugin.training.data import images_as_float
+
+    tiny = ["data.subset_per_domain=60", "data.image_size=16", "warmup.epochs=1", "warmup.batch_size=32",
+            "prompts.epochs=1", "synergy.epochs=1", "synergy.batch_size=40", "cluster.nredo=1",
+            "eval.plots=false", "accelerate.log_with=none",
+            "model.phase_kwargs={widths: [8, 8, 16, 16]}", "model.rgb_kwargs={widths: [8, 16, 16, 32]}"]
+    run = tmp_path / "full-seed0"
+    trainer = TPSNetTrainer(load_config(ROOT / "configs" / "digits.yaml", tiny, output_dir=str(run)))
+    summary = trainer.fit()
+    out = tmp_path / "parts.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "embedding_parts.py"), "--runs", str(run),
+                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    parts = report["runs"][str(run)]
+    assert set(parts) == {"embedding", "fused", "rgb", "phase"} and set(report["mean_precision_at_1"]) == {"full"}
+    for direction, metrics in summary["last"].items():  # the reloaded embedding is the run's result
+        assert parts["embedding"][direction]["precision_at_1"] == pytest.approx(metrics["precision_at_1"], abs=1e-6)
+    # every part against the exported model's own outputs, normalised, centred per domain, ranked
+    model, _ = load_trained_model(run)
+    images = images_as_float(trainer.images)  # what the trainer embeds: the uint8 image cache
+    domains = torch.as_tensor(trainer.dataset.domains)
+    with torch.no_grad():
+        outputs = model(images, domains, return_dict=True)
+    for part in ("fused", "rgb", "phase"):
+        features = F.normalize(outputs[part].float(), dim=-1)
+        for d in range(2):
+            features[domains == d] -= features[domains == d].mean(0)
+        expected = evaluate_domains(F.normalize(features, dim=-1), torch.as_tensor(trainer.true_labels), domains,
+                                    trainer.domain_names, ks=(1, 5, 15))
+        for direction, metrics in expected.items():
+            assert parts[part][direction]["precision_at_1"] == pytest.approx(metrics["precision_at_1"], abs=1e-6), part

@@ -200,3 +200,20 @@ def test_signalled_launcher_stops_training_and_the_output_dir_is_locked(tmp_path
     out = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, out[-3000:]
     assert json.loads((output_dir / "summary.json").read_text())["last_epoch"] == epoch + 1
+
+
+def _forget_option(run_dir, section, key):
+    """Remove an option from every checkpoint's recorded config (a checkpoint older than the option)."""
+    for meta_file in (run_dir / "checkpoints").glob("*/checkpoint.json"):
+        meta = json.loads(meta_file.read_text())
+        del meta["config"][section][key]
+        meta_file.write_text(json.dumps(meta))
+
+
+def test_resume_accepts_an_option_newer_than_the_checkpoint_only_at_its_default(run):
+    _forget_option(run / "run", "augment", "amplitude_mix_p")
+    with pytest.raises(ResumeMismatchError) as error:
+        TPSNetTrainer(tiny_config(run, *EXTRA, "augment.amplitude_mix_p=1.0")).fit(resume=True)
+    assert "config augment.amplitude_mix_p: '<absent>' in the checkpoint, 1.0 now" in str(error.value)
+    summary = TPSNetTrainer(tiny_config(run, *EXTRA, "synergy.epochs=3")).fit(resume=True)
+    assert summary["last_epoch"] == 3

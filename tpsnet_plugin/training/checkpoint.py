@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 
 from ..utils.io import atomic_write_text
-from .config import flatten_config
+from .config import default_config, flatten_config
 
 META = "checkpoint.json"
 LATEST = "latest"
@@ -164,6 +164,9 @@ def check_resume_compatible(meta: Mapping[str, Any], config: Mapping[str, Any], 
         config: The current resolved config.
         dataset: The current dataset fingerprint.
 
+    An option the checkpoint does not know (added to the package after it was written) is accepted
+    at its default value, which keeps the old behaviour; at any other value it is a difference.
+
     Raises:
         ResumeMismatchError: Listing every differing option (outside ``SAFE_ON_RESUME``) and dataset property.
     """
@@ -171,9 +174,12 @@ def check_resume_compatible(meta: Mapping[str, Any], config: Mapping[str, Any], 
     saved_config = meta.get("config")
     if saved_config is not None:
         saved, current = flatten_config(saved_config), flatten_config(config)
+        defaults = flatten_config(default_config())
         for path in sorted(set(saved) | set(current)):
             if any(path == safe or path.startswith(safe + ".") for safe in SAFE_ON_RESUME):
                 continue
+            if path not in saved and path in defaults and current.get(path) == defaults[path]:
+                continue  # an option newer than the checkpoint, at its default (= the old behaviour)
             old, new = saved.get(path, "<absent>"), current.get(path, "<absent>")
             if old != new:
                 differences.append(f"config {path}: {old!r} in the checkpoint, {new!r} now")
