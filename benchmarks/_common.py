@@ -197,3 +197,26 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine_facts(), **payload}, indent=2, default=str) + "\n")
     print(f"wrote {path}")
+
+
+def resume_run(run: Path):
+    """A ``TPSNetTrainer`` restored from the latest checkpoint of the trainer run in ``run``.
+
+    Exits with a message naming the problem when ``run`` is not a run's output_dir or holds no
+    checkpoint (the diagnosis scripts take run folders from the command line).
+    """
+    import sys
+
+    import yaml
+
+    from tpsnet_plugin.training import TPSNetTrainer
+
+    config_file = run / "config.yaml"
+    if not config_file.is_file():
+        sys.exit(f"{config_file} does not exist: {run} must be the output_dir of a trainer run")
+    config = yaml.safe_load(config_file.read_text())
+    config["accelerate"]["log_with"] = "none"
+    trainer = TPSNetTrainer(config)
+    if not trainer.resume():
+        sys.exit(f"no checkpoint in {run / 'checkpoints'}")
+    return trainer

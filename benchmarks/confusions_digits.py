@@ -18,14 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS_DIR, write_json  # noqa: E402
-
-from tpsnet_plugin.training import TPSNetTrainer  # noqa: E402
+from _common import RESULTS_DIR, resume_run, write_json  # noqa: E402
 
 
 def confusions(features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, names: list[str],
@@ -63,16 +60,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--top", type=int, default=4, help="class pairs listed per direction")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "confusions_digits.json")
     args = parser.parse_args(argv)
-    config_file = args.run / "config.yaml"
-    if not config_file.is_file():
-        sys.exit(f"{config_file} does not exist: --run must be the output_dir of a trainer run")
-    config = yaml.safe_load(config_file.read_text())
-    config["accelerate"]["log_with"] = "none"
-    trainer = TPSNetTrainer(config)
+    trainer = resume_run(args.run)
     if trainer.true_labels is None:
         sys.exit("the run's dataset has no labels to diagnose with")
-    if not trainer.resume():
-        sys.exit(f"no checkpoint in {args.run / 'checkpoints'}")
     embeddings = trainer.embed(synergy=trainer.state.stage in ("synergy", "done"))
     results = trainer.evaluate(embeddings)
     table = confusions(trainer.retrieval_features(embeddings), torch.as_tensor(trainer.true_labels),

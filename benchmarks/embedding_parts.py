@@ -24,29 +24,20 @@ import sys
 from pathlib import Path
 
 import torch.nn.functional as F
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS_DIR, write_json  # noqa: E402
+from _common import RESULTS_DIR, resume_run, write_json  # noqa: E402
 
 from tpsnet_plugin.evaluation import mean_metrics  # noqa: E402
-from tpsnet_plugin.training import TPSNetTrainer  # noqa: E402
 
 PARTS = ("embedding", "fused", "rgb", "phase")
 
 
 def part_results(run: Path) -> dict[str, dict]:
     """Part name -> direction -> metrics of the run's latest checkpoint (parts the model has)."""
-    config_file = run / "config.yaml"
-    if not config_file.is_file():
-        sys.exit(f"{config_file} does not exist: each of --runs must be the output_dir of a trainer run")
-    config = yaml.safe_load(config_file.read_text())
-    config["accelerate"]["log_with"] = "none"
-    trainer = TPSNetTrainer(config)
-    if not trainer.resume():
-        sys.exit(f"no checkpoint in {run / 'checkpoints'}")
+    trainer = resume_run(run)
     backbone = trainer.model.backbone
     features = {
         "embedding": trainer.embed(synergy=trainer.state.stage in ("synergy", "done")),

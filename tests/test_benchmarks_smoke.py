@@ -12,6 +12,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE_KEYS = {"nproc", "cpu_model", "gpu", "torch", "faiss", "date"}
+# a trainer run of a few seconds, for the scripts that diagnose finished runs
+TINY_RUN = ["data.subset_per_domain=60", "data.image_size=16", "warmup.epochs=1", "warmup.batch_size=32",
+            "prompts.epochs=1", "synergy.epochs=1", "synergy.batch_size=40", "cluster.nredo=1",
+            "eval.plots=false", "accelerate.log_with=none",
+            "model.phase_kwargs={widths: [8, 8, 16, 16]}", "model.rgb_kwargs={widths: [8, 16, 16, 32]}"]
 EXPECTED_KEYS = {
     "bench_eval": {"setup", "headers", "rows", "results", "goals_at_first_size", "notes"},
     "bench_cluster": {"setup", "clustering", "instance_loss"},
@@ -104,11 +109,8 @@ def test_gpu_only_scripts_explain_themselves_without_cuda(name):
 def test_confusions_digits_matches_the_runs_evaluation(tmp_path):
     from tpsnet_plugin.training import TPSNetTrainer, load_config
 
-    tiny = ["data.subset_per_domain=60", "data.image_size=16", "warmup.epochs=1", "warmup.batch_size=32",
-            "prompts.epochs=1", "synergy.epochs=1", "synergy.batch_size=40", "cluster.nredo=1",
-            "eval.plots=false", "accelerate.log_with=none",
-            "model.phase_kwargs={widths: [8, 8, 16, 16]}", "model.rgb_kwargs={widths: [8, 16, 16, 32]}"]
-    summary = TPSNetTrainer(load_config(ROOT / "configs" / "digits.yaml", tiny, output_dir=str(tmp_path / "run"))).fit()
+    config = load_config(ROOT / "configs" / "digits.yaml", TINY_RUN, output_dir=str(tmp_path / "run"))
+    summary = TPSNetTrainer(config).fit()
     out = tmp_path / "confusions.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "confusions_digits.py"), "--run",
@@ -197,12 +199,8 @@ def test_embedding_parts_matches_the_run_and_a_direct_computation(tmp_path):
     from tpsnet_plugin.training import TPSNetTrainer, load_config
     from tpsnet_plugin.training.data import images_as_float
 
-    tiny = ["data.subset_per_domain=60", "data.image_size=16", "warmup.epochs=1", "warmup.batch_size=32",
-            "prompts.epochs=1", "synergy.epochs=1", "synergy.batch_size=40", "cluster.nredo=1",
-            "eval.plots=false", "accelerate.log_with=none",
-            "model.phase_kwargs={widths: [8, 8, 16, 16]}", "model.rgb_kwargs={widths: [8, 16, 16, 32]}"]
     run = tmp_path / "full-seed0"
-    trainer = TPSNetTrainer(load_config(ROOT / "configs" / "digits.yaml", tiny, output_dir=str(run)))
+    trainer = TPSNetTrainer(load_config(ROOT / "configs" / "digits.yaml", TINY_RUN, output_dir=str(run)))
     summary = trainer.fit()
     out = tmp_path / "parts.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

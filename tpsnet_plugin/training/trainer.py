@@ -106,11 +106,17 @@ class TPSNetTrainer:
         self.true_labels = np.asarray(self.dataset.labels, dtype=np.int64)
         self.domains = torch.as_tensor(np.asarray(self.dataset.domains), dtype=torch.long)
         self.image_size = int(self.dataset[0][0].shape[-1])  # resolved (data.image_size may be "auto")
+        # Data too small for the config: warned now and repeated in summary.json, never a silent degenerate run.
         domain_sizes = np.bincount(self.domains.numpy(), minlength=self.num_domains).tolist()
-        # printed now and repeated in summary.json: data too small for the config degrades silently otherwise
         self.setup_warnings = small_domain_warnings(
             dict(zip(self.domain_names, domain_sizes)), self.num_clusters, int(cfg["synergy"]["m_per_cluster"])
         )
+        self.warmup_batch_size = int(cfg["warmup"]["batch_size"])
+        if cfg["warmup"]["epochs"]:
+            self.warmup_batch_size, note = fit_batch_to_dataset(
+                self.warmup_batch_size, len(self.dataset), self.accelerator.num_processes
+            )
+            self.setup_warnings += [note] if note else []
         self.images = (
             cache_images(self.dataset, self.num_workers, show_progress=self.accelerator.is_local_main_process)
             if cfg["data"]["cache_in_memory"] else None
@@ -181,14 +187,8 @@ class TPSNetTrainer:
             CheckpointHook(every=cfg["synergy"]["checkpoint_every"]),
         ]
         s2 = cfg["synergy"]
-        warmup = dict(cfg["warmup"])
-        if warmup["epochs"]:
-            warmup["batch_size"], note = fit_batch_to_dataset(
-                warmup["batch_size"], len(self.dataset), self.accelerator.num_processes
-            )
-            if note and note not in self.setup_warnings:  # build_stages may be called again
-                self.setup_warnings.append(note)
-        stages: list[Stage] = [WarmupStage.from_config(warmup), ClusteringStage()]
+        warmup = WarmupStage.from_config({**cfg["warmup"], "batch_size": self.warmup_batch_size})
+        stages: list[Stage] = [warmup, ClusteringStage()]
         if self.prompt_learner is not None:
             stages.append(PromptStage.from_config(cfg["prompts"]))
         stages.append(SynergyStage(s2["epochs"], s2["batch_size"], s2["m_per_cluster"], hooks=hooks,
