@@ -107,7 +107,7 @@ def frozen_clip_baseline(config_path: str, extra: list[str], out: Path) -> tuple
     names = [NUMBER_WORDS[int(c)] if c.isdigit() else c.replace("_", " ") for c in trainer.dataset.classes]
     text = encode_captions(trainer.prompt_learner.clip, get_tokenizer(trainer.config["model"]["clip_model"]), names)
     zero_shot = zero_shot_accuracy(features, [names[label] for label in trainer.true_labels], text, names, ks=(1,))
-    return trainer.evaluate_features(features), zero_shot
+    return trainer.evaluate(features), zero_shot  # the run's retrieval post-processing, as for the model
 
 
 def _untrained(results: dict[str, dict[str, float]]) -> dict[str, dict[str, list[float]]]:

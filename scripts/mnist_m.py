@@ -1,4 +1,4 @@
-"""Build the ``mnist-m`` Digits domain: handwritten-mnist digits blended into photographs.
+"""Build the ``mnist-m`` Digits domain: half of the handwritten-mnist digits blended into photographs.
 
 The construction of MNIST-M (Ganin & Lempitsky, "Unsupervised Domain Adaptation by
 Backpropagation", ICML 2015), on the project's own digits and photographs: for each
@@ -6,6 +6,12 @@ Backpropagation", ICML 2015), on the project's own digits and photographs: for e
 resized to 28x28 RGB; the output is ``|crop - digit|`` per channel, with the digit binarised to
 0/255 and broadcast to the three channels. The digit shows as the photograph's colours inverted
 inside the strokes, the background as the untouched photograph.
+
+The crops are drawn for all 5,000 digits, but only the blends of the odd-index digits
+(:data:`SOURCE_ROWS`; 2,500, 250 per class) are kept, their indices stored as ``source_index``
+in ``mnist-m.npz``. The even-index digits, none of which is in ``mnist-m``, form the
+``handwritten-mnist-half`` domain (a view of the ``handwritten-mnist`` array), so that
+``handwritten-mnist-half`` <-> ``mnist-m`` holds no digit instance on both sides.
 
 The photographs come from Debian wallpaper packages (:data:`PHOTOS`, an explicit list: the
 packages also hold drawn, rendered and vector artwork, which is not used). ``apt-get download``
@@ -23,9 +29,11 @@ also rebuilds ``mnist-m`` from the freshly built ``handwritten-mnist``.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +43,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts, when imported by path
 
 import debian_packages  # noqa: E402
-from build_digits import DEFAULT_OUT, save_domain  # noqa: E402
+from build_digits import DEFAULT_OUT  # noqa: E402
 
 DOMAIN = "mnist-m"
 SOURCE_DOMAIN = "handwritten-mnist"
@@ -44,6 +52,10 @@ IMAGE_SIZE = 28
 WORK_SIDE = 320  # photos are first resized to this short side (BSDS500, MNIST-M's source, is 481x321)
 CROP_SIDES = (28, 56)  # crop side in pixels of the resized photo, uniform, both ends included
 DIGIT_THRESHOLD = 128  # a digit pixel is ink (255) at or above this intensity, else background (0)
+# The handwritten-mnist rows whose blends are kept: the odd indices. The even ones are the
+# handwritten-mnist-half domain (tpsnet_plugin.data.digits.MNIST_INSTANCES holds both rules).
+SOURCE_ROWS = slice(1, None, 2)
+COMPLEMENT_DOMAIN = "handwritten-mnist-half"
 
 PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers")
 # Packages looked through for photographs and found to hold none (reported in the provenance).
@@ -206,8 +218,35 @@ def fetch_photos(cache: Path, update: bool = True) -> tuple[list[Path], dict[str
     return paths, packages
 
 
-def provenance_section(count: int, packages: dict[str, dict[str, str]]) -> str:
-    """The ``mnist-m`` section of ``PROVENANCE.md`` (between :data:`SECTION_BEGIN`/``END``)."""
+def source_rows(count: int) -> np.ndarray:
+    """The source digits kept out of ``count``: int64 indices, the odd ones (:data:`SOURCE_ROWS`)."""
+    return np.arange(count, dtype=np.int64)[SOURCE_ROWS]
+
+
+def save_arrays(path: Path, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` as a compressed ``.npz`` with fixed zip metadata (byte-deterministic).
+
+    The format of ``build_digits.save_domain``, for any set of named arrays (``mnist-m`` also
+    stores ``source_index``).
+    """
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, buffer.getvalue(), compresslevel=9)
+
+
+def provenance_section(count: int, packages: dict[str, dict[str, str]], source_count: int = 5000) -> str:
+    """The ``mnist-m`` section of ``PROVENANCE.md`` (between :data:`SECTION_BEGIN`/``END``).
+
+    Args:
+        count: Images in ``mnist-m``.
+        packages: Per photo package, its ``version`` and ``licence``.
+        source_count: Digits in ``handwritten-mnist`` (crops are drawn for all of them).
+    """
     package_rows = "\n".join(f"| {name} | {info['version']} | {info['licence']} |"
                              for name, info in packages.items())
     photo_rows = "\n".join(f"| `{photo.path}` | {photo.package} | {photo.credit} | {photo.licence} |"
@@ -215,10 +254,12 @@ def provenance_section(count: int, packages: dict[str, dict[str, str]]) -> str:
     inspected = "\n".join(f"- `{name}` {note}" for name, note in INSPECTED_WITHOUT_PHOTOS.items())
     return f"""{SECTION_BEGIN}
 ## mnist-m (RGB)
-`mnist-m.npz`: `images` uint8 N x 28 x 28 x **3** (RGB), `labels` int64 N; {count} images, the
-`{SOURCE_DOMAIN}` digits in their stored order with their labels. Built by `scripts/mnist_m.py`
-(also run by `scripts/build_digits.py`), the construction of MNIST-M (Ganin & Lempitsky, ICML
-2015) on this package's digits and Debian wallpaper photographs:
+`mnist-m.npz`: `images` uint8 N x 28 x 28 x **3** (RGB), `labels` int64 N, `source_index`
+int64 N; {count} images, the blends of **one half** of the `{SOURCE_DOMAIN}` digits: those with
+an odd index i (1, 3, ..., {source_count - 1}) in its stored order, in that order, with their
+labels; `source_index` holds those indices. Built by `scripts/mnist_m.py` (also run by
+`scripts/build_digits.py`), the construction of MNIST-M (Ganin & Lempitsky, ICML 2015) on this
+package's digits and Debian wallpaper photographs:
 
 1. Each photo is resized (Lanczos) so its short side is {WORK_SIDE} px (all are larger; MNIST-M
    cropped BSDS500 photos of 481x321).
@@ -228,8 +269,17 @@ def provenance_section(count: int, packages: dict[str, dict[str, str]]) -> str:
 3. The digit is binarised: 255 where the stored `{SOURCE_DOMAIN}` pixel is at least
    {DIGIT_THRESHOLD}, else 0, broadcast to the three channels.
 4. Output `|crop - digit|` per channel: the photo inside the strokes is colour-inverted.
+5. Keep the blends of the odd-index digits only (the crops are drawn for all {source_count}, so
+   each kept blend is the one the full construction gives that digit).
 
 Seed: {SEED}. Rebuild: `python scripts/mnist_m.py` (or a full `python scripts/build_digits.py`).
+
+### {COMPLEMENT_DOMAIN} (no file)
+The even-index `{SOURCE_DOMAIN}` digits (0, 2, ..., {source_count - 2}; {source_count // 2}),
+read from `{SOURCE_DOMAIN}.npz` (`tpsnet_plugin.data.digits`, a view, no array of its own):
+exactly the digit instances `mnist-m` does not use. Pair `mnist-m` with `{COMPLEMENT_DOMAIN}`,
+not with `{SOURCE_DOMAIN}`, which shares the {count} instances `mnist-m` blends (raw pixels
+then match the instance rather than the class).
 
 ### Packages
 Fetched with `apt-get download` into a cache folder (`~/.cache/tpsnet_plugin/mnist-m`) and
@@ -276,6 +326,9 @@ def write_domain(out: Path = DEFAULT_OUT, cache: Path | None = None, source: Pat
                  update: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Build ``mnist-m`` and write ``out/mnist-m.npz`` and its ``PROVENANCE.md`` section.
 
+    ``mnist-m.npz`` holds ``images``, ``labels`` and ``source_index``: the blends of the
+    odd-index source digits (:func:`source_rows`), their labels, and those indices.
+
     Args:
         out: Output folder.
         cache: Package cache (default :func:`default_cache_dir`).
@@ -283,7 +336,7 @@ def write_domain(out: Path = DEFAULT_OUT, cache: Path | None = None, source: Pat
         update: Let ``apt-get update`` run before fetching a missing package.
 
     Returns:
-        ``(images, labels)`` as written.
+        ``(images, labels)`` as written (the kept half).
     """
     if source is None:
         from tpsnet_plugin.data.digits import load_domain
@@ -293,14 +346,18 @@ def write_domain(out: Path = DEFAULT_OUT, cache: Path | None = None, source: Pat
         with np.load(source) as arrays:
             digits, labels = arrays["images"], arrays["labels"].astype(np.int64)
     photos, packages = fetch_photos(cache if cache is not None else default_cache_dir(), update)
-    images = build_mnist_m(digits, photos, SEED)
+    source_index = source_rows(len(digits))
+    # crops drawn for every digit (the same draws as blending them all), then the kept half
+    images = build_mnist_m(digits, photos, SEED)[source_index]
+    labels = labels[source_index]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_domain(out / f"{DOMAIN}.npz", images, labels)
-    write_provenance_section(out / "PROVENANCE.md", provenance_section(len(labels), packages))
+    save_arrays(out / f"{DOMAIN}.npz", images=images, labels=labels, source_index=source_index)
+    write_provenance_section(out / "PROVENANCE.md",
+                             provenance_section(len(labels), packages, source_count=len(digits)))
     size = os.path.getsize(out / f"{DOMAIN}.npz")
-    print(f"{DOMAIN}: {len(labels)} images from {len(photos)} photos, per class "
-          f"{np.bincount(labels).tolist()}, {size / 1e6:.2f} MB")
+    print(f"{DOMAIN}: {len(labels)} images (the odd-index {SOURCE_DOMAIN} digits) from "
+          f"{len(photos)} photos, per class {np.bincount(labels).tolist()}, {size / 1e6:.2f} MB")
     return images, labels
 
 

@@ -1,9 +1,19 @@
-"""Pretrain an open_clip model on the offline icon corpus (no pretrained weights can be downloaded).
+"""Pretrain an open_clip model on offline image-caption corpora (no pretrained weights can be downloaded).
 
-Trains with open_clip's own ``ClipLoss`` under Hugging Face Accelerate on the ``train`` split of
-the icon corpus (``scripts/build_icons.py``; ``tpsnet_plugin.data.icons.load_manifest``):
+Trains with open_clip's own ``ClipLoss`` under Hugging Face Accelerate on one of the corpora of
+:data:`CORPORA` (``--corpus``):
 
-* caption: a random template of ``TEMPLATES`` filled with the icon's caption;
+* ``icons``: the ``train`` split of the icon corpus (``scripts/build_icons.py``;
+  ``tpsnet_plugin.data.icons.load_manifest``);
+* ``digits_disjoint``: ``icons`` plus the Digits domains of :data:`DIGITS_DOMAINS` captioned by
+  their class ("seven", "7", "the number seven", ...): a CLIP that knows the digits without ever
+  seeing the evaluation pair ``handwritten-mnist-half`` ↔ ``mnist-m``;
+* ``artwork``: ``icons`` plus the openclipart and Tux Paint artwork corpus
+  (``scripts/build_artwork.py``); the held-out icon themes are never seen.
+
+Per image:
+
+* caption: a random template of ``TEMPLATES`` filled with one of the image's captions;
 * augmentation, batched on tensors: random resized crop, horizontal flip (not for captions
   with a direction word such as "left" or "next"), brightness/contrast/saturation jitter and
   random grayscale; then the same antialiased resize + CLIP normalisation as evaluation;
@@ -20,6 +30,7 @@ the icon corpus (``scripts/build_icons.py``; ``tpsnet_plugin.data.icons.load_man
 Example::
 
     nice -n 10 python scripts/pretrain_clip.py --output-dir runs/icons_clip --steps 6000
+    python scripts/pretrain_clip.py --model tpsnet-cnn-clip --corpus digits_disjoint --output-dir runs/digits_clip
 """
 
 from __future__ import annotations
@@ -44,11 +55,17 @@ import tpsnet_plugin  # noqa: F401  (registers tpsnet-tiny-clip)
 import open_clip
 from open_clip.loss import ClipLoss
 
+from tpsnet_plugin.data.digits import CLASSES as DIGIT_CLASSES
+from tpsnet_plugin.data.digits import DigitsDomain
 from tpsnet_plugin.data.icons import TEMPLATES, default_cache_dir, load_manifest
 from tpsnet_plugin.text_prior import TINY_CLIP_MODEL
 from tpsnet_plugin.text_prior.icons_clip import load_images, preprocess
 from tpsnet_plugin.utils.cli import positive_int
 
+CORPORA = ("icons", "digits_disjoint", "artwork")
+# Digits domains a digits CLIP may see: every domain but the evaluation pair handwritten-mnist(-half) <-> mnist-m.
+DIGITS_DOMAINS = ("printed", "handwriting-fonts", "handwritten-uci")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIRECTION_WORDS = frozenset({"left", "right", "next", "previous", "prev", "forward", "back", "backward",
                              "undo", "redo", "rtl", "ltr", "first", "last", "start", "end", "rewind",
                              "indent", "unindent", "justify", "east", "west", "align", "ff", "rew"})
@@ -57,7 +74,10 @@ DIRECTION_WORDS = frozenset({"left", "right", "next", "previous", "prev", "forwa
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=TINY_CLIP_MODEL, help="open_clip model name")
+    parser.add_argument("--corpus", choices=CORPORA, default="icons", help="what to train on (see the module doc)")
     parser.add_argument("--cache-dir", default=None, help=f"icon corpus folder (default {default_cache_dir()})")
+    parser.add_argument("--artwork-dir", default=None,
+                        help="artwork corpus folder for --corpus artwork (default: build_artwork.py's)")
     parser.add_argument("--output-dir", required=True, help="checkpoints, final weights and log")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default 2000)")
@@ -78,6 +98,71 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoint")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return parser.parse_args(argv)
+
+
+def digit_captions(label: int) -> tuple[str, ...]:
+    """The captions of a digit class: its word and numeral, alone and as "the number ..."."""
+    word, numeral = NUMBER_WORDS[label], DIGIT_CLASSES[label]
+    return (word, numeral, f"the number {word}", f"the number {numeral}", f"the digit {numeral}")
+
+
+def pick_caption(captions: tuple[str, ...], rng: random.Random) -> str:
+    """One of an image's captions; a single caption draws no random number (icon runs stay reproducible)."""
+    return captions[0] if len(captions) == 1 else rng.choice(captions)
+
+
+class Corpus:
+    """Training images (uint8 N x 3 x S x S) with, per image, its captions (one is drawn per use),
+    its theme or domain (for the sampler), its name (one image per name in a batch) and whether a
+    horizontal flip keeps its meaning."""
+
+    def __init__(self, images: torch.Tensor, captions: list[tuple[str, ...]], themes: list[str],
+                 names: list[str], flippable: torch.Tensor) -> None:
+        self.images, self.captions, self.themes, self.names, self.flippable = images, captions, themes, names, flippable
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @classmethod
+    def from_manifest(cls, cache_dir, image_size: int) -> Corpus:
+        """The ``train`` rows of an icon-format corpus (icons or artwork)."""
+        records = [r for r in load_manifest(cache_dir) if r.split == "train"]
+        captions = [(r.caption,) for r in records]
+        flippable = torch.tensor([not (set(r.caption.split()) & DIRECTION_WORDS) for r in records])
+        return cls(load_images([r.path for r in records], size=image_size), captions,
+                   [r.theme for r in records], [r.name for r in records], flippable)
+
+    @classmethod
+    def from_digits(cls, domains, image_size: int) -> Corpus:
+        """Digits domains as RGB images of ``image_size``, captioned by their class (never flipped)."""
+        images, captions, themes, names = [], [], [], []
+        for domain in domains:
+            dataset = DigitsDomain(domain, image_size=image_size)
+            images.append((dataset.images_tensor() * 255).round().to(torch.uint8))
+            captions += [digit_captions(int(label)) for label in dataset.labels]
+            themes += [domain] * len(dataset)
+            names += [f"digit {int(label)}" for label in dataset.labels]
+        return cls(torch.cat(images), captions, themes, names, torch.zeros(len(captions), dtype=torch.bool))
+
+    @classmethod
+    def concat(cls, parts: list[Corpus]) -> Corpus:
+        return cls(torch.cat([p.images for p in parts]), [c for p in parts for c in p.captions],
+                   [t for p in parts for t in p.themes], [n for p in parts for n in p.names],
+                   torch.cat([p.flippable for p in parts]))
+
+
+def load_corpus(name: str, image_size: int, icons_dir=None, artwork_dir=None) -> Corpus:
+    """The training corpus ``name`` of :data:`CORPORA`, images at ``image_size`` px."""
+    parts = [Corpus.from_manifest(icons_dir, image_size)]
+    if name == "digits_disjoint":
+        parts.append(Corpus.from_digits(DIGITS_DOMAINS, image_size))
+    elif name == "artwork":
+        # build_artwork.py's default folder, beside the icon corpus's
+        artwork_dir = artwork_dir if artwork_dir is not None else default_cache_dir().parent / "artwork"
+        parts.append(Corpus.from_manifest(artwork_dir, image_size))
+    elif name != "icons":
+        raise ValueError(f"unknown corpus {name!r}: choose one of {CORPORA}")
+    return Corpus.concat(parts)
 
 
 class ThemeBalancedSampler:
@@ -234,17 +319,21 @@ def main(argv=None) -> int:
     accelerator = Accelerator()
     set_seed(args.seed)
 
-    records = [r for r in load_manifest(args.cache_dir) if r.split == "train"]
     start = time.time()
-    images = load_images([r.path for r in records], size=args.image_size)
-    accelerator.print(f"{len(records)} training images ({len(set(r.theme for r in records))} themes) "
-                      f"loaded in {time.time() - start:.1f} s")
-    captions = [r.caption for r in records]
-    flippable = torch.tensor([not (set(c.split()) & DIRECTION_WORDS) for c in captions])
+    corpus = load_corpus(args.corpus, args.image_size, args.cache_dir, args.artwork_dir)
+    images, captions, flippable = corpus.images, corpus.captions, corpus.flippable
+    distinct_names = len(set(corpus.names))
+    accelerator.print(f"{len(corpus)} training images ({len(set(corpus.themes))} themes or domains, "
+                      f"{distinct_names} names) loaded in {time.time() - start:.1f} s")
+    if args.batch_size > distinct_names:
+        # a batch holds one image per name: with fewer names than the batch it could never fill
+        accelerator.print(f"--batch-size {args.batch_size} is larger than the {distinct_names} distinct names "
+                          "of the corpus (a batch holds one image per name): lower --batch-size")
+        return 2
 
     if args.steps is None and args.epochs is None:
         args.steps = 2000
-    total_steps = args.steps or max(1, round(args.epochs * len(records) / args.batch_size))
+    total_steps = args.steps or max(1, round(args.epochs * len(corpus) / args.batch_size))
 
     model, _, _ = open_clip.create_model_and_transforms(args.model)
     tokenizer = open_clip.get_tokenizer(args.model)
@@ -257,8 +346,7 @@ def main(argv=None) -> int:
                                   eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total_steps, args.warmup))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    sampler = ThemeBalancedSampler([r.theme for r in records], [r.name for r in records],
-                                   args.theme_power, args.seed + accelerator.process_index)
+    sampler = ThemeBalancedSampler(corpus.themes, corpus.names, args.theme_power, args.seed + accelerator.process_index)
     progress = Progress(total_steps)
     streams = RandomStreams(args.seed)
     accelerator.register_for_checkpointing(sampler, progress, streams)
@@ -292,7 +380,8 @@ def main(argv=None) -> int:
         indices = sampler.batch(args.batch_size)
         batch = augment(images[indices], flippable[indices], streams.generator).to(accelerator.device)
         batch = preprocess(batch, unwrapped)
-        texts = [streams.python.choice(TEMPLATES).format(captions[i]) for i in indices]
+        texts = [streams.python.choice(TEMPLATES).format(pick_caption(captions[i], streams.python))
+                 for i in indices]
         tokens = tokenizer(texts).to(accelerator.device)
         image_features, text_features, logit_scale = model(batch, tokens)[:3]
         loss = loss_fn(image_features, text_features, logit_scale)
@@ -327,7 +416,8 @@ def main(argv=None) -> int:
         save_file(state, str(tmp), metadata={"model": args.model, "steps": str(progress.step)})
         os.replace(tmp, output_dir / "model.safetensors")
         log = {"model": args.model, "settings": vars(args), "total_steps": total_steps,
-               "train_images": len(records), "train_seconds": round(progress.elapsed, 1),
+               "corpus": args.corpus, "train_images": len(corpus),
+               "images_per_theme": {t: corpus.themes.count(t) for t in sorted(set(corpus.themes))}, "train_seconds": round(progress.elapsed, 1),
                "loss_curve": progress.curve,
                "theme_probabilities": dict(zip(sampler.themes, map(float, sampler.theme_probs)))}
         (output_dir / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")

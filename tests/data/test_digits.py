@@ -2,6 +2,7 @@
 
 import importlib.util
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -14,12 +15,17 @@ import tpsnet_plugin  # noqa: F401  (applies the torchvision import fix first)
 from tpsnet_plugin.data.digits import (
     CLASSES,
     DOMAINS,
+    MNIST_INSTANCES,
     DigitsDomain,
+    instance_indices,
     load_domain,
     raw_pixel_features,
+    shared_instances,
+    shared_instances_warning,
 )
 from tpsnet_plugin.evaluation import evaluate_domains
 from tpsnet_plugin.evaluation import raw_pixel_features as gray_pixel_features
+from tpsnet_plugin.training.data import build_dataset
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 BUILD_SCRIPT = SCRIPTS / "build_digits.py"
@@ -80,8 +86,96 @@ def test_digits_are_white_on_black_and_centred(domain):
 def test_source_domain_sizes():
     _, uci = load_domain("handwritten-uci")
     _, mnist = load_domain("handwritten-mnist")
+    _, half = load_domain("handwritten-mnist-half")
+    _, mnist_m = load_domain("mnist-m")
     assert len(uci) == 1797  # sklearn load_digits
     assert np.bincount(mnist).tolist() == [500] * 10  # OpenCV digits.png: 500 per class
+    assert np.bincount(half).tolist() == [250] * 10
+    assert np.bincount(mnist_m).tolist() == [250] * 10
+
+
+def test_mnist_m_and_half_split_the_handwritten_mnist_instances():
+    images, labels = load_domain("handwritten-mnist")
+    half, half_labels = load_domain("handwritten-mnist-half")
+    _, mnist_m_labels = load_domain("mnist-m")
+    blended, kept = instance_indices("mnist-m"), instance_indices("handwritten-mnist-half")
+    assert blended.dtype == np.int64 and kept.dtype == np.int64
+    np.testing.assert_array_equal(blended, np.arange(1, 5000, 2))  # stored source_index: the odd
+    np.testing.assert_array_equal(kept, np.arange(0, 5000, 2))  # the even
+    assert not set(blended.tolist()) & set(kept.tolist())
+    assert sorted(blended.tolist() + kept.tolist()) == list(range(5000))
+    np.testing.assert_array_equal(instance_indices("handwritten-mnist"), np.arange(5000))
+    assert instance_indices("printed") is None
+    # the rule (MNIST_INSTANCES) says what the arrays hold
+    for name in MNIST_INSTANCES:
+        np.testing.assert_array_equal(instance_indices(name), np.arange(5000)[MNIST_INSTANCES[name]])
+    # handwritten-mnist-half is a view of the shipped array; mnist-m keeps its sources' labels
+    np.testing.assert_array_equal(half, images[0::2])
+    np.testing.assert_array_equal(half_labels, labels[0::2])
+    assert half.flags["C_CONTIGUOUS"] and half_labels.dtype == np.int64
+    np.testing.assert_array_equal(mnist_m_labels, labels[blended])
+    # usable wherever a Digits domain is
+    dataset = DigitsDomain("handwritten-mnist-half", image_size=28, channels=1)
+    assert len(dataset) == 2500 and dataset.domain == "handwritten-mnist-half" and not dataset.rgb
+    assert torch.allclose(dataset[3][0][0], torch.from_numpy(images[6]).float() / 255.0)
+    np.testing.assert_allclose(raw_pixel_features("handwritten-mnist-half"),
+                               raw_pixel_features("handwritten-mnist")[0::2])
+
+
+def test_each_mnist_m_image_comes_from_its_source_digit():
+    """Brute force: among all 5,000 binarised handwritten-mnist digits, the source explains best.
+
+    An mnist-m image is ``|crop - ink|``: the photo, colour-inverted where the digit is ink. Undo
+    the inversion under a candidate's ink mask: with the true mask, the result is the smooth photo
+    crop; with any other, the strokes leave sharp edges. So the source digit should be the
+    candidate of least total variation, out of all 5,000 (the 499 other digits of its class and
+    the even-index digits of handwritten-mnist-half included).
+    """
+    blends, _ = load_domain("mnist-m")
+    digits, _ = load_domain("handwritten-mnist")
+    sources = instance_indices("mnist-m")
+    masks = torch.from_numpy(digits >= 128)  # the blend's binarisation (scripts/mnist_m.py)
+    sample = np.random.default_rng(0).choice(len(blends), 200, replace=False)
+    best = []
+    for k in sample:
+        variation = torch.zeros(len(masks))
+        for channel in range(3):
+            blend = torch.from_numpy(blends[k, :, :, channel].astype(np.float32))
+            photo = torch.where(masks, 255 - blend, blend)  # 5000 x 28 x 28 candidate crops
+            variation += (photo[:, 1:] - photo[:, :-1]).abs().sum((1, 2))
+            variation += (photo[:, :, 1:] - photo[:, :, :-1]).abs().sum((1, 2))
+        best.append(int(variation.argmin()))
+    # 200 of 200 with the shipped arrays; allow a rare mid-grey crop where ink barely shows
+    assert (np.asarray(best) == sources[sample]).mean() >= 0.98
+    assert all(index % 2 == 1 for index in best)  # never a handwritten-mnist-half digit
+
+
+def test_shared_instances_rule():
+    assert shared_instances(["handwritten-mnist", "mnist-m"]) == [("handwritten-mnist", "mnist-m")]
+    assert shared_instances(["mnist-m", "printed", "handwritten-mnist"]) == [("mnist-m", "handwritten-mnist")]
+    assert shared_instances(["handwritten-mnist-half", "mnist-m", "printed"]) == []
+    assert shared_instances(["handwritten-mnist", "handwritten-mnist-half"]) == [
+        ("handwritten-mnist", "handwritten-mnist-half")]
+    assert shared_instances(["handwritten-uci", "printed", "handwriting-fonts"]) == []
+    message = shared_instances_warning(["handwritten-mnist", "mnist-m"])
+    assert "2500" in message and "'handwritten-mnist-half'" in message and "instance" in message
+    assert shared_instances_warning(["handwritten-mnist-half", "mnist-m"]) is None
+
+
+def _digits_config(domains):
+    return {"dataset": "digits", "domains": domains, "image_size": 28, "subset_per_domain": 0}
+
+
+def test_build_dataset_warns_when_domains_share_instances():
+    with pytest.warns(UserWarning, match=r"handwritten-mnist-half.*instead of 'handwritten-mnist'"):
+        dataset = build_dataset(_digits_config(["handwritten-mnist", "mnist-m"]))
+    assert [len(part) for part in dataset.datasets] == [5000, 2500]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset = build_dataset(_digits_config(["handwritten-mnist-half", "mnist-m"]))
+        build_dataset(_digits_config(["handwritten-mnist", "printed"]))
+    assert dataset.domain_names == ["handwritten-mnist-half", "mnist-m"]
+    assert [len(part) for part in dataset.datasets] == [2500, 2500]
 
 
 def test_unknown_domain_names_choices_and_close_match():
@@ -191,14 +285,14 @@ def test_save_domain_is_byte_deterministic(builder, tmp_path):
         np.testing.assert_array_equal(loaded["labels"], labels)
 
 
-def test_mnist_m_is_rgb_handwritten_mnist():
+def test_mnist_m_is_rgb_half_of_handwritten_mnist():
     images, labels = load_domain("mnist-m")
     _, mnist_labels = load_domain("handwritten-mnist")
-    assert images.dtype == np.uint8 and images.shape == (len(mnist_labels), 28, 28, 3)
-    # one blend per handwritten-mnist digit, in its order: same labels, so the same counts
-    np.testing.assert_array_equal(labels, mnist_labels)
+    assert images.dtype == np.uint8 and images.shape == (2500, 28, 28, 3)
+    # one blend per odd-index handwritten-mnist digit, in its order, with its label
+    np.testing.assert_array_equal(labels, mnist_labels[1::2])
     assert labels.dtype == np.int64
-    assert np.bincount(labels).tolist() == np.bincount(mnist_labels).tolist()
+    assert np.bincount(labels).tolist() == [250] * 10
     # colour, not gray stored three times: channels differ in most pixels of most images
     differ = (images[..., 0] != images[..., 1]) | (images[..., 1] != images[..., 2])
     assert differ.mean() > 0.5
@@ -265,13 +359,14 @@ def _raw_pixel_p1(domains):
 
 
 def test_mnist_m_shift_is_real_for_raw_pixels():
-    p1 = _raw_pixel_p1(("handwritten-mnist", "printed", "mnist-m"))
+    # handwritten-mnist-half: no digit instance on both sides of the mnist-m pair
+    p1 = _raw_pixel_p1(("handwritten-mnist-half", "printed", "mnist-m"))
     # mnist-m queries: the photo texture hides the digit from raw pixels, far more than the
     # handwriting-to-print shape change does.
-    assert p1["mnist-m->handwritten-mnist"] < 0.75 * p1["printed->handwritten-mnist"]
-    # The other direction (handwritten-mnist->mnist-m) is not below printed's: the mnist-m gallery
-    # holds the same writers' digits, and those blended into dark crops stay close to
-    # white-on-black copies, so raw pixels still find them.
+    assert p1["mnist-m->handwritten-mnist-half"] < 0.75 * p1["printed->handwritten-mnist-half"]
+    # The other direction (handwritten-mnist-half->mnist-m) is not below printed's: the mnist-m
+    # gallery holds other digits of the same writing style, and those blended into dark crops stay
+    # close to white-on-black digits, so raw pixels still find the class.
 
 
 def test_build_mnist_m_is_deterministic(mnist_m_script, tmp_path):

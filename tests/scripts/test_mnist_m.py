@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import tpsnet_plugin  # noqa: F401  (applies the torchvision import fix first)
-from tpsnet_plugin.data.digits import load_domain
+from tpsnet_plugin.data.digits import MNIST_INSTANCES, instance_indices, load_domain
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "mnist_m.py"
@@ -98,6 +98,10 @@ def test_photo_list_is_explicit_and_documented(mnist_m):
     for photo in mnist_m.PHOTOS:
         assert f"`{photo.path}` | {photo.package} |" in shipped
     assert "no other part of the project" in shipped
+    # the shipped section says which half mnist-m holds, and names its complement
+    section = shipped[shipped.index(mnist_m.SECTION_BEGIN):]
+    assert "2500 images" in section and "odd index" in section and "`source_index`" in section
+    assert "### handwritten-mnist-half (no file)" in section and "even-index" in section
 
 
 def test_provenance_section_is_appended_then_replaced(mnist_m, tmp_path):
@@ -132,6 +136,53 @@ def test_fetch_photos_names_missing_files(mnist_m, tmp_path, monkeypatch):
     assert packages == {p: {"version": "9.9", "licence": "GPL-2+"} for p in mnist_m.PACKAGES}
 
 
+def test_kept_rows_are_the_odd_ones_and_match_the_package_rule(mnist_m):
+    np.testing.assert_array_equal(mnist_m.source_rows(10), [1, 3, 5, 7, 9])
+    assert mnist_m.source_rows(5000).dtype == np.int64
+    assert mnist_m.SOURCE_ROWS == MNIST_INSTANCES[mnist_m.DOMAIN]
+    assert mnist_m.COMPLEMENT_DOMAIN in MNIST_INSTANCES
+
+
+def test_write_domain_keeps_the_odd_blends_of_the_full_draw(mnist_m, tmp_path, monkeypatch):
+    # a small fake source and photo set: the written arrays are the full build's odd rows
+    rng = np.random.default_rng(0)
+    digits = np.zeros((20, 28, 28), dtype=np.uint8)
+    digits[:, 6:22, 10:18] = rng.integers(0, 256, size=(20, 16, 8), dtype=np.uint8)
+    labels = np.arange(20, dtype=np.int64) // 2
+    source = tmp_path / "handwritten-mnist.npz"
+    np.savez(source, images=digits, labels=labels)
+    photos = [_photo(tmp_path / f"p{i}.png", (70 + 20 * i, 90), seed=i) for i in range(3)]
+    packages = {name: {"version": "1", "licence": "GPL-2+"} for name in mnist_m.PACKAGES}
+    monkeypatch.setattr(mnist_m, "fetch_photos", lambda cache, update=True: (photos, packages))
+    out = tmp_path / "out"
+    images, kept_labels = mnist_m.write_domain(out, cache=tmp_path, source=source)
+    full = mnist_m.build_mnist_m(digits, photos, mnist_m.SEED)
+    with np.load(out / "mnist-m.npz") as stored:
+        assert sorted(stored.files) == ["images", "labels", "source_index"]
+        np.testing.assert_array_equal(stored["source_index"], np.arange(1, 20, 2))
+        np.testing.assert_array_equal(stored["images"], full[1::2])
+        np.testing.assert_array_equal(stored["labels"], labels[1::2])
+        assert stored["source_index"].dtype == np.int64 and stored["labels"].dtype == np.int64
+    np.testing.assert_array_equal(images, full[1::2])
+    np.testing.assert_array_equal(kept_labels, labels[1::2])
+    # not the first half's blends, nor a fresh draw for the kept digits alone
+    assert not np.array_equal(images, mnist_m.build_mnist_m(digits[1::2], photos, mnist_m.SEED))
+    text = (out / "PROVENANCE.md").read_text()
+    assert "10 images" in text and "(1, 3, ..., 19)" in text and "(0, 2, ..., 18; 10)" in text
+    # byte-deterministic output
+    first = (out / "mnist-m.npz").read_bytes()
+    mnist_m.write_domain(out, cache=tmp_path, source=source)
+    assert (out / "mnist-m.npz").read_bytes() == first
+
+
+def test_shipped_mnist_m_is_the_odd_half(mnist_m):
+    images, labels = load_domain("mnist-m")
+    _, source_labels = load_domain("handwritten-mnist")
+    assert images.shape == (2500, 28, 28, 3)
+    np.testing.assert_array_equal(instance_indices("mnist-m"), mnist_m.source_rows(5000))
+    np.testing.assert_array_equal(labels, source_labels[mnist_m.source_rows(5000)])
+
+
 def test_shipped_mnist_m_matches_a_rebuild(mnist_m):
     root = mnist_m.default_cache_dir() / "packages"
     photos = [root / photo.package / photo.path for photo in mnist_m.PHOTOS]
@@ -139,5 +190,6 @@ def test_shipped_mnist_m_matches_a_rebuild(mnist_m):
         pytest.skip(f"photo packages not unpacked in {root} (run scripts/mnist_m.py once)")
     digits, labels = load_domain("handwritten-mnist")
     shipped, shipped_labels = load_domain("mnist-m")
-    np.testing.assert_array_equal(mnist_m.build_mnist_m(digits, photos, mnist_m.SEED), shipped)
-    np.testing.assert_array_equal(labels, shipped_labels)
+    kept = mnist_m.source_rows(len(digits))
+    np.testing.assert_array_equal(mnist_m.build_mnist_m(digits, photos, mnist_m.SEED)[kept], shipped)
+    np.testing.assert_array_equal(labels[kept], shipped_labels)

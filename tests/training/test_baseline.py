@@ -12,12 +12,23 @@ from tpsnet_plugin.training.reporting import build_summary
 from .test_trainer import tiny_config
 
 
+def centred_per_domain(features, domains):
+    """L2-normalised, minus each domain's own mean, normalised again: the model's retrieval post-processing."""
+    features = F.normalize(features.float(), dim=-1)
+    for d in domains.unique():
+        features[domains == d] -= features[domains == d].mean(0)
+    return F.normalize(features, dim=-1)
+
+
 def test_raw_pixel_baseline_matches_a_direct_computation(tmp_path):
     trainer = TPSNetTrainer(tiny_config(tmp_path))
     baseline = trainer.baseline()
     pixels = trainer.images.float().div(255).mean(1).flatten(1)  # grayscale, 16x16 (no resize below 32 px)
-    expected = evaluate_domains(F.normalize(pixels, dim=-1), trainer.true_labels, trainer.domains.numpy(),
-                                domain_names=trainer.domain_names, ks=(1, 5, 15))
+    expected = evaluate_domains(centred_per_domain(pixels, trainer.domains), trainer.true_labels,
+                                trainer.domains.numpy(), domain_names=trainer.domain_names, ks=(1, 5, 15))
+    uncentred = evaluate_domains(F.normalize(pixels, dim=-1), trainer.true_labels, trainer.domains.numpy(),
+                                 domain_names=trainer.domain_names, ks=(1, 5, 15))
+    assert expected != uncentred  # the data tells the two apart
     assert baseline["kind"] == "raw_pixels"
     for direction, metrics in expected.items():
         for name, value in metrics.items():
@@ -31,15 +42,16 @@ def test_pretrained_baseline_is_the_frozen_backbone(tmp_path):
     torch.manual_seed(3)
     torch.save(timm.create_model("small_cnn", num_classes=0, widths=[8, 16, 16, 32]).state_dict(), weights)
     trainer = TPSNetTrainer(tiny_config(tmp_path, f"model.checkpoint_path={weights}"))
-    baseline = trainer.baseline()
+    assert trainer.starting_point_kinds()[:2] == ["raw_pixels", "frozen_features"]
+    baseline = trainer.baseline("frozen_features")
     network = timm.create_model("small_cnn", num_classes=0, widths=[8, 16, 16, 32], checkpoint_path=str(weights)).eval()
     backbone = trainer.model.backbone
     with torch.no_grad():
         images = trainer.images.float().div(255)
         features = network((images - backbone.rgb_mean) / backbone.rgb_std)
-    expected = evaluate_domains(F.normalize(features, dim=-1), trainer.true_labels, trainer.domains.numpy(),
-                                domain_names=trainer.domain_names, ks=(1, 5, 15))
-    assert baseline["kind"] == "pretrained_features"
+    expected = evaluate_domains(centred_per_domain(features, trainer.domains), trainer.true_labels,
+                                trainer.domains.numpy(), domain_names=trainer.domain_names, ks=(1, 5, 15))
+    assert baseline["kind"] == "frozen_features"
     for direction, metrics in expected.items():
         assert baseline["results"][direction]["precision_at_1"] == pytest.approx(metrics["precision_at_1"], abs=1e-6)
 
@@ -49,7 +61,8 @@ def test_baseline_draws_no_random_numbers(tmp_path):
     before = torch.get_rng_state()
     trainer.record_baseline()
     assert torch.equal(before, torch.get_rng_state())
-    assert trainer.state.history[-1]["baseline"]["kind"] == "raw_pixels"
+    kinds = [record["baseline"]["kind"] for record in trainer.state.history]
+    assert kinds == trainer.starting_point_kinds() == ["raw_pixels", "clip_zero_shot"]  # digits.yaml: icons CLIP
 
 
 def test_a_run_below_its_baseline_says_so(tmp_path, capsys):

@@ -1,16 +1,31 @@
-"""Digits: the embedded, offline cross-domain data set (10 classes, 5 domains).
+"""Digits: the embedded, offline cross-domain data set (10 classes, 6 domains).
 
 The arrays ship inside the package (``digits_arrays/<domain>.npz``, built by
 ``scripts/build_digits.py``; sources and licences in ``digits_arrays/PROVENANCE.md``). The
 grayscale domains are white digits on black, 28x28, the digit centred in a 20x20 box; ``mnist-m``
-is RGB (28x28x3): the ``handwritten-mnist`` digits blended into crops of photographs, MNIST-M style
-(``scripts/mnist_m.py``).
+is RGB (28x28x3): half of the ``handwritten-mnist`` digits blended into crops of photographs,
+MNIST-M style (``scripts/mnist_m.py``).
+
+Three domains hold the same handwritten digit instances (:data:`MNIST_INSTANCES`):
+
+- ``handwritten-mnist``: all 5,000 digits of OpenCV's ``digits.png`` (500 per class, in class
+  blocks), indices 0-4999 of its stored order.
+- ``mnist-m``: blends of the odd-index ``handwritten-mnist`` digits only (2,500, 250 per class),
+  in that order; its ``.npz`` stores the indices as ``source_index``.
+- ``handwritten-mnist-half``: the even-index ``handwritten-mnist`` digits (2,500, 250 per class),
+  a view of the ``handwritten-mnist`` array (no file of its own): exactly the instances
+  ``mnist-m`` does not use.
+
+So ``handwritten-mnist-half`` <-> ``mnist-m`` shares no digit instance, while
+``handwritten-mnist`` <-> ``mnist-m`` shares 2,500 (:func:`shared_instances`): retrieval between
+those can match the instance rather than the class.
 """
 
 from __future__ import annotations
 
 import difflib
 import io
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -23,12 +38,105 @@ from torch.utils.data import Dataset
 
 from ..evaluation.baseline import raw_pixel_features as _gray_pixel_features
 
-DOMAINS = ("handwritten-uci", "handwritten-mnist", "printed", "handwriting-fonts", "mnist-m")
+DOMAINS = ("handwritten-uci", "handwritten-mnist", "printed", "handwriting-fonts", "mnist-m",
+           "handwritten-mnist-half")
 CLASSES = tuple(str(digit) for digit in range(10))
+
+HANDWRITTEN_MNIST_SIZE = 5000
+# The handwritten-mnist digit instances each domain holds, as rows of the stored handwritten-mnist
+# order (domains absent here hold none of them). Two domains share instances where these overlap.
+MNIST_INSTANCES = {
+    "handwritten-mnist": slice(None),  # all 5,000
+    "mnist-m": slice(1, None, 2),  # blends of the odd indices (stored as its source_index)
+    "handwritten-mnist-half": slice(0, None, 2),  # the even indices: none of mnist-m's
+}
+# Domains that are views of another domain's shipped array: name -> (stored domain, rows).
+_VIEWS = {"handwritten-mnist-half": ("handwritten-mnist", MNIST_INSTANCES["handwritten-mnist-half"])}
+
+
+def instance_indices(name: str) -> np.ndarray | None:
+    """The ``handwritten-mnist`` indices of the digit instances a domain holds, in its order.
+
+    Args:
+        name: One of :data:`DOMAINS`.
+
+    Returns:
+        int64 array, one index per image, or None for a domain not built from ``handwritten-mnist``.
+        For ``mnist-m`` the ``source_index`` stored in its ``.npz``.
+    """
+    _check_name(name)
+    if name not in MNIST_INSTANCES:
+        return None
+    if name == "mnist-m":
+        with np.load(io.BytesIO(_npz_bytes(name))) as arrays:
+            return arrays["source_index"].astype(np.int64)
+    return np.arange(HANDWRITTEN_MNIST_SIZE, dtype=np.int64)[MNIST_INSTANCES[name]]
+
+
+def shared_instances(domains) -> list[tuple[str, str]]:
+    """The pairs of ``domains`` that hold the same digit instances (see :data:`MNIST_INSTANCES`).
+
+    Args:
+        domains: Digits domain names (others are ignored).
+
+    Returns:
+        ``(a, b)`` pairs, in the order of ``domains``: e.g. ``[("handwritten-mnist", "mnist-m")]``
+        for ``["handwritten-mnist", "mnist-m"]``, none for ``["handwritten-mnist-half", "mnist-m"]``.
+    """
+    names = list(dict.fromkeys(d for d in domains if d in MNIST_INSTANCES))
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if _shared_count(a, b)]
+
+
+def _shared_count(a: str, b: str) -> int:
+    rows = range(HANDWRITTEN_MNIST_SIZE)
+    return len(set(rows[MNIST_INSTANCES[a]]) & set(rows[MNIST_INSTANCES[b]]))
+
+
+def shared_instances_warning(domains) -> str | None:
+    """A warning naming the pairs of ``domains`` that share digit instances, and the fix; else None."""
+    pairs = shared_instances(domains)
+    if not pairs:
+        return None
+    parts = []
+    for a, b in pairs:
+        if "mnist-m" in (a, b):
+            fix = ("pair 'mnist-m' with 'handwritten-mnist-half' (the even-index digits, none of them "
+                   "in mnist-m) instead of 'handwritten-mnist'")
+        else:
+            fix = "use one of them only ('handwritten-mnist-half' is half of 'handwritten-mnist')"
+        parts.append(f"{a!r} and {b!r} hold {_shared_count(a, b)} of the same handwritten digit "
+                     f"instances, so retrieval between them can match the instance rather than the "
+                     f"class and overstate cross-domain precision: {fix}")
+    return "Digits domains share digit instances: " + "; ".join(parts) + "."
+
+
+def warn_shared_instances(domains, stacklevel: int = 2) -> None:
+    """Emit :func:`shared_instances_warning` as a ``UserWarning`` when ``domains`` share instances.
+
+    Args:
+        domains: Digits domain names, e.g. a training config's ``data.domains``.
+        stacklevel: As for :func:`warnings.warn` (2: the caller of this function).
+    """
+    message = shared_instances_warning(domains)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
+
+
+def _check_name(name: str) -> None:
+    if name not in DOMAINS:
+        close = difflib.get_close_matches(str(name), DOMAINS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown Digits domain {name!r}; choose one of {DOMAINS}.{hint}")
+
+
+def _npz_bytes(name: str) -> bytes:
+    return resources.files(__package__).joinpath("digits_arrays", f"{name}.npz").read_bytes()
 
 
 def load_domain(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Load one Digits domain from the arrays shipped with the package.
+
+    ``handwritten-mnist-half`` is a view: the even-index rows of the ``handwritten-mnist`` array.
 
     Args:
         name: One of :data:`DOMAINS`.
@@ -40,12 +148,12 @@ def load_domain(name: str) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: ``name`` is not a Digits domain.
     """
-    if name not in DOMAINS:
-        close = difflib.get_close_matches(str(name), DOMAINS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown Digits domain {name!r}; choose one of {DOMAINS}.{hint}")
-    data = resources.files(__package__).joinpath("digits_arrays", f"{name}.npz").read_bytes()
-    with np.load(io.BytesIO(data)) as arrays:
+    _check_name(name)
+    if name in _VIEWS:
+        stored, rows = _VIEWS[name]
+        images, labels = load_domain(stored)
+        return np.ascontiguousarray(images[rows]), np.ascontiguousarray(labels[rows])
+    with np.load(io.BytesIO(_npz_bytes(name))) as arrays:
         return arrays["images"], arrays["labels"].astype(np.int64)
 
 
@@ -61,7 +169,7 @@ class DigitsDomain(Dataset):
     item holds ``transform(image)``.
 
     Args:
-        domain: One of :data:`DOMAINS`.
+        domain: One of :data:`DOMAINS` (``handwritten-mnist-half`` included).
         image_size: Side of the yielded images in pixels.
         channels: 3 (RGB, for ImageNet/CLIP backbones) or 1 (gray).
         transform: Optional callable on the PIL image, e.g. a torchvision/timm transform.

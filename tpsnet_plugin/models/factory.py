@@ -21,7 +21,9 @@ def create_tpsnet(
     num_domains: int,
     num_clusters: int,
     *,
+    image_size: int | None = None,
     pretrained: bool | None = None,
+    clip: torch.nn.Module | None = None,
 ) -> TPSNet:
     """Build the TPSNet a config's ``model`` section describes.
 
@@ -30,13 +32,22 @@ def create_tpsnet(
         embed_dim: Embedding width e (the CLIP text width when the text prior is on).
         num_domains: Number of domains D.
         num_clusters: Number of clusters C.
+        image_size: Side of the training images (checked against a ViT CLIP tower with ``rgb_from_clip``).
         pretrained: Override every pretrained-weight option of the config; ``False`` builds the
             architecture only (for loading trained weights afterwards). None keeps the config's.
+        clip: With ``model.rgb_from_clip``, the already loaded open_clip model whose image tower
+            starts the RGB backbone; None loads ``model.clip_model`` / ``model.clip_pretrained``.
 
     Returns:
         A TPSNet whose text features start as zeros (stage 1 sets them) when the text prior is on.
     """
     load_weights = pretrained is not False
+    from_clip = bool(model_config.get("rgb_from_clip"))
+    mean = std = None
+    if from_clip:
+        from ..text_prior.image_tower import clip_normalisation
+
+        mean, std = clip_normalisation(model_config["clip_model"], model_config["clip_pretrained"])
     backbone = PhasePriorBackbone(
         model_config["rgb_backbone"],
         phase_model=model_config["phase_backbone"] if model_config["phase_prior"] else None,
@@ -48,7 +59,16 @@ def create_tpsnet(
         num_heads=model_config["num_heads"],
         rgb_kwargs=dict(model_config["rgb_kwargs"]),
         phase_kwargs=dict(model_config["phase_kwargs"]),
+        mean=mean,
+        std=std,
     )
+    if from_clip and load_weights:
+        from ..text_prior.domain_prompt_learner import create_frozen_clip
+        from ..text_prior.image_tower import init_backbone_from_clip
+
+        if clip is None:
+            clip = create_frozen_clip(model_config["clip_model"], model_config["clip_pretrained"])
+        init_backbone_from_clip(backbone, clip, image_size)
     text_features = torch.zeros(num_domains, num_clusters, embed_dim) if model_config["text_prior"] else None
     return TPSNet(
         backbone,

@@ -30,15 +30,20 @@ from torch import nn
 
 from .. import _torchvision_compat  # noqa: F401  (before open_clip)
 
-__all__ = ["DomainPromptLearner", "TINY_CLIP_MODEL"]
+__all__ = ["CNN_CLIP_MODEL", "DomainPromptLearner", "TINY_CLIP_MODEL", "clip_embed_dim", "create_frozen_clip",
+           "encode_clip_images"]
 
 TINY_CLIP_MODEL = "tpsnet-tiny-clip"
-"""Name of the small open_clip architecture shipped in ``text_prior/model_configs``."""
+"""Name of the small open_clip architecture (ViT image tower) shipped in ``text_prior/model_configs``."""
+CNN_CLIP_MODEL = "tpsnet-cnn-clip"
+"""A small open_clip architecture whose image tower is the timm model ``small_cnn``: its weights can
+start the RGB backbone of the same name (``model.rgb_from_clip``)."""
 
 _MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_MODEL_CONFIG_DIR)
 
-from .pretrained_icons import ICONS_TAG, icons_weights_path  # noqa: E402  (registers the "icons" tag)
+from ..backbones import small_cnn as _small_cnn  # noqa: E402,F401  (timm name of the CNN CLIP towers)
+from .packaged_weights import is_packaged_tag, packaged_weights_path  # noqa: E402  (registers the tags)
 
 # Placeholder word of the context positions; CLIP's BPE lower-cases it to the single token "x</w>".
 _PLACEHOLDER = "X"
@@ -87,7 +92,7 @@ class DomainPromptLearner(nn.Module):
         self.num_context = num_context
         self.template = template
 
-        self.clip = _create_frozen_clip(clip_model, pretrained, cache_dir)
+        self.clip = create_frozen_clip(clip_model, pretrained, cache_dir)
         tower = _text_tower(self.clip)
         width = tower.token_embedding.embedding_dim
         self._embed_dim = _projection_dim(tower.text_projection, width)
@@ -102,15 +107,7 @@ class DomainPromptLearner(nn.Module):
         self.context = nn.Parameter(torch.empty(num_domains, num_clusters, num_context, width))
         nn.init.normal_(self.context, std=init_std)
 
-        preprocess = open_clip.get_model_preprocess_cfg(self.clip)
-        size = preprocess["size"]
-        self._image_size = (size, size) if isinstance(size, int) else tuple(size)
-        self._interpolation = preprocess.get("interpolation", "bicubic")
-        self._resize_mode = preprocess.get("resize_mode", "shortest")
-        self.register_buffer("image_mean", torch.tensor(preprocess["mean"]).view(1, -1, 1, 1),
-                             persistent=False)
-        self.register_buffer("image_std", torch.tensor(preprocess["std"]).view(1, -1, 1, 1),
-                             persistent=False)
+        self._image_size = _preprocess_cfg(self.clip)["size"]
 
     @property
     def embed_dim(self) -> int:
@@ -197,51 +194,83 @@ class DomainPromptLearner(nn.Module):
         Returns:
             N×e features on the CLIP device, not L2-normalised.
         """
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError("images must be B x 3 x H x W (or B x 1 x H x W) floats in [0, 1], "
-                             f"got shape {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be floats in [0, 1], got dtype {images.dtype}; "
-                             "divide uint8 images by 255")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        device = self.image_mean.device
-        dtype = next(self.clip.visual.parameters()).dtype
-        features = []
-        for chunk in images.split(batch_size):
-            chunk = self._preprocess(chunk.to(device=device, dtype=torch.float32))
-            features.append(self.clip.encode_image(chunk.to(dtype)).float())
-        if not features:
-            return torch.empty(0, self.embed_dim, device=device)
-        return torch.cat(features)
+        return encode_clip_images(self.clip, images, batch_size)
 
-    def _preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Resize, centre-crop, clamp and normalise a batch of [0, 1] images."""
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        height, width = self._image_size
-        mode = self._interpolation if self._interpolation in ("bicubic", "bilinear") else "bilinear"
-        if self._resize_mode == "squash":
+
+def _preprocess_cfg(clip: nn.Module) -> dict:
+    cfg = dict(open_clip.get_model_preprocess_cfg(clip))
+    size = cfg["size"]
+    cfg["size"] = (size, size) if isinstance(size, int) else tuple(size)
+    return cfg
+
+
+@torch.no_grad()
+def encode_clip_images(clip: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Image features of a frozen open_clip model, preprocessed the way open_clip's eval transform does.
+
+    Images are resized to the model's image size (shortest side, then centre crop; or a plain resize
+    for ``resize_mode="squash"``), clamped (bicubic overshoots; PIL-based transforms clip) and
+    normalised with the model's mean and std.
+
+    Args:
+        clip: An open_clip model.
+        images: B×3×H×W (or B×1×H×W grayscale, repeated to RGB) floats in [0, 1], on any device.
+        batch_size: Images per forward pass of the image tower.
+
+    Returns:
+        N×e features on the CLIP device, not L2-normalised.
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError("images must be B x 3 x H x W (or B x 1 x H x W) floats in [0, 1], "
+                         f"got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floats in [0, 1], got dtype {images.dtype}; divide uint8 images by 255")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    cfg = _preprocess_cfg(clip)
+    parameter = next(clip.visual.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    mean = torch.tensor(cfg["mean"], device=device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg["std"], device=device).view(1, -1, 1, 1)
+    interpolation = cfg.get("interpolation", "bicubic")
+    mode = interpolation if interpolation in ("bicubic", "bilinear") else "bilinear"
+    height, width = cfg["size"]
+    features = []
+    for chunk in images.split(batch_size):
+        chunk = chunk.to(device=device, dtype=torch.float32)
+        if chunk.shape[1] == 1:
+            chunk = chunk.expand(-1, 3, -1, -1)
+        if cfg.get("resize_mode", "shortest") == "squash":
             size = (height, width)
         else:
-            scale = max(height / images.shape[2], width / images.shape[3])
-            size = (max(height, round(images.shape[2] * scale)),
-                    max(width, round(images.shape[3] * scale)))
-        if size != tuple(images.shape[2:]):
-            images = F.interpolate(images, size=size, mode=mode, antialias=True,
-                                   align_corners=False)
-        top = (images.shape[2] - height) // 2
-        left = (images.shape[3] - width) // 2
-        images = images[:, :, top:top + height, left:left + width]
-        # Bicubic overshoots; PIL-based open_clip transforms clip to the valid range.
-        images = images.clamp(0.0, 1.0)
-        return (images - self.image_mean) / self.image_std
+            scale = max(height / chunk.shape[2], width / chunk.shape[3])
+            size = (max(height, round(chunk.shape[2] * scale)), max(width, round(chunk.shape[3] * scale)))
+        if size != tuple(chunk.shape[2:]):
+            chunk = F.interpolate(chunk, size=size, mode=mode, antialias=True, align_corners=False)
+        top, left = (chunk.shape[2] - height) // 2, (chunk.shape[3] - width) // 2
+        chunk = chunk[:, :, top:top + height, left:left + width].clamp(0.0, 1.0)
+        features.append(clip.encode_image(((chunk - mean) / std).to(dtype)).float())
+    if not features:
+        return torch.empty(0, clip_embed_dim(clip), device=device)
+    return torch.cat(features)
 
 
-def _create_frozen_clip(
-    clip_model: str, pretrained: str | None, cache_dir: str | None
+def clip_embed_dim(clip: nn.Module) -> int:
+    """e, the width of an open_clip model's image and text embeddings."""
+    tower = _text_tower(clip)
+    return _projection_dim(tower.text_projection, tower.token_embedding.embedding_dim)
+
+
+def create_frozen_clip(
+    clip_model: str, pretrained: str | None = None, cache_dir: str | None = None
 ) -> nn.Module:
-    """Build the open_clip model, with clear errors for unknown names and missing weights."""
+    """Build an open_clip model, frozen and in eval mode, with clear errors for unknown names and missing weights.
+
+    Args:
+        clip_model: open_clip model name.
+        pretrained: A pretrained tag (open_clip's or one packaged here), a local checkpoint file, or None.
+        cache_dir: Cache directory for open_clip downloads.
+    """
     is_schema = clip_model.startswith(_SCHEMA_PREFIXES)
     if not is_schema:
         known = open_clip.list_models()
@@ -249,8 +278,8 @@ def _create_frozen_clip(
             close = difflib.get_close_matches(clip_model, known, n=5, cutoff=0.5)
             raise ValueError(f"Unknown open_clip model '{clip_model}'. Close matches: {close}. "
                              "open_clip.list_models() lists every name.")
-    if pretrained and not is_schema and pretrained.lower() == ICONS_TAG and not os.path.isfile(pretrained):
-        pretrained = icons_weights_path(clip_model)  # packaged weights, checked; clear error if absent
+    if not is_schema and is_packaged_tag(pretrained) and not os.path.isfile(pretrained):
+        pretrained = packaged_weights_path(clip_model, pretrained)  # checked; clear error if absent
     is_tag = bool(pretrained) and not is_schema and not os.path.isfile(pretrained)
     if is_tag:
         tags = open_clip.list_pretrained_tags_by_model(clip_model)

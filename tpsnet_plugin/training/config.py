@@ -295,6 +295,7 @@ _OPTIONAL = {
     "data.root": str,
     "data.list_files": list,
     "data.classes": list,
+    "data.class_names": list,
     "data.num_clusters": int,
     "data.subset_per_domain": int,
     "model.checkpoint_path": str,
@@ -358,6 +359,10 @@ def _check_type(path: str, default: Any, value: Any) -> None:
         if value == "auto" or (_is_int(value) and value >= 8):
             return
         raise fail('an image side in pixels >= 8, or "auto" (fit the data)')
+    if path == "eval.zero_shot":
+        if value == "auto" or isinstance(value, bool):
+            return
+        raise fail('true, false or "auto" (when model.clip_pretrained is set)')
     if path == "cluster.anchor":
         if value is None or value == "smallest" or (_is_int(value) and value >= 0):
             return
@@ -405,6 +410,13 @@ def _check_relations(config: Mapping[str, Any]) -> None:
     if not (_is_number(low) and _is_number(high) and 0 < low <= high <= 1):
         raise ConfigError("Config key 'augment.crop_scale' must be [low, high] with 0 < low <= high <= 1; "
                           f"got {[low, high]}")
+    model = config["model"]
+    if model["rgb_from_clip"] and (model["pretrained"] or model["checkpoint_path"]):
+        raise ConfigError("Config key 'model.rgb_from_clip' starts the RGB backbone from the CLIP image tower: "
+                          "unset 'model.pretrained' and 'model.checkpoint_path' (one source of backbone weights)")
+    if data["class_names"] is not None and not all(isinstance(n, str) and n.strip() for n in data["class_names"]):
+        raise ConfigError(
+            f"Config key 'data.class_names' must be a list of non-empty names; got {data['class_names']!r}")
     if config["model"]["embed_dim"] % config["model"]["num_heads"]:
         raise ConfigError("Config key 'model.embed_dim' must be a multiple of 'model.num_heads'")
 

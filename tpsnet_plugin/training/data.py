@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..data import DigitsDomain, DomainSubset, MultiDomainDataset, build_folder_domains, default_transform, load_domain
+from ..data.digits import warn_shared_instances
 from .progress import progress
 
 
@@ -25,6 +27,7 @@ def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainD
     if data_config["dataset"] == "digits":
         if data_config["image_size"] == "auto":
             size = max(load_domain(d)[0].shape[1] for d in domains)  # the arrays' native size
+        warn_shared_instances(domains, stacklevel=3)  # e.g. handwritten-mnist with mnist-m
         dataset = MultiDomainDataset([DigitsDomain(d, image_size=size) for d in domains], domain_names=domains)
     elif data_config["dataset"] == "folder":
         if not data_config["root"]:
@@ -49,6 +52,27 @@ def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainD
         parts = [DomainSubset(part, int(data_config["subset_per_domain"]), seed=seed) for part in dataset.datasets]
         dataset = MultiDomainDataset(parts, domain_names=dataset.domain_names)
     return dataset
+
+
+def class_names_of(data_config: Mapping[str, Any], classes) -> list[str] | None:
+    """The class names a CLIP reads (zero-shot starting point): ``data.class_names``, else the classes.
+
+    Folder names become words (``alarm_clock`` -> ``alarm clock``). None when the only names are the
+    numeric labels of list files without ``data.classes`` (no names exist).
+
+    Raises:
+        ValueError: ``data.class_names`` does not give one name per class.
+    """
+    classes = [str(c) for c in classes]
+    given = data_config["class_names"]
+    if given is not None:
+        if len(given) != len(classes):
+            raise ValueError(f"data.class_names gives {len(given)} names for {len(classes)} classes "
+                             f"({classes[:5]}...): give one name per class, in the class order")
+        return [str(name) for name in given]
+    if data_config["dataset"] == "folder" and data_config["layout"] == "list" and not data_config["classes"]:
+        return None
+    return [" ".join(re.split(r"[-_\s]+", c)).strip() for c in classes]
 
 
 AUTO_SIZE_RANGE = (16, 96)

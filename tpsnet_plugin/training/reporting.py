@@ -12,7 +12,8 @@ from ..utils.io import atomic_write_text
 
 
 def write_records(output_dir: str | Path, history: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``metrics.jsonl`` (one line per evaluation and direction, the baseline first) and ``clustering.jsonl``.
+    """Write ``metrics.jsonl`` (one line per evaluation and direction, the starting points first) and
+    ``clustering.jsonl`` (every clustering and every stage-1 re-pairing, key ``repair``).
 
     Rewritten whole from the history (which resume restores), so a resumed run has no gaps or repeats.
     """
@@ -20,6 +21,8 @@ def write_records(output_dir: str | Path, history: Sequence[Mapping[str, Any]]) 
     for record in history:
         if "clustering" in record:
             clusterings.append(json.dumps({"stage": record["stage"], "epoch": record["epoch"], **record["clustering"]}))
+        elif "repair" in record:  # stage 1's label re-pairings, beside the clusterings they correct
+            clusterings.append(json.dumps({"stage": record["stage"], "epoch": record["epoch"], **record["repair"]}))
         elif "baseline" in record:
             for direction, metrics in record["baseline"]["results"].items():
                 evaluations.append(json.dumps({
@@ -65,24 +68,34 @@ def build_summary(history: Sequence[Mapping[str, Any]], *, first_k: int, domain_
     best = max(evaluated, key=lambda r: mean_metrics(r["results"])[key])
     scored = [r for r in evaluated if r.get("label_free_score") is not None]
     label_free = max(scored, key=lambda r: r["label_free_score"]) if scored else None
-    baselines = [r["baseline"] for r in history if "baseline" in r]
-    baseline = baselines[-1] if baselines else None
+    starting_points = {r["baseline"]["kind"]: {**r["baseline"], "mean": mean_metrics(r["baseline"]["results"])}
+                       for r in history if "baseline" in r}
+    # the run's own starting point: its frozen pretrained features, else raw pixels (never the class-name one)
+    baseline = next((starting_points[k] for k in ("frozen_features", "pretrained_features", "raw_pixels")
+                     if k in starting_points), None)
     clusterings = [r for r in history if "clustering" in r]
+    repairs = [r["repair"] for r in history if "repair" in r and r["repair"]["repair"] == "total"]
     last = evaluated[-1]["results"]
     warnings = list(setup_warnings)
-    if baseline is not None:
-        trained, start = mean_metrics(last)[key], mean_metrics(baseline["results"])[key]
-        if not trained > start:
-            warnings.append(
-                f"the trained embedding does not beat its starting point ({baseline['kind'].replace('_', ' ')}): "
-                f"mean {key} {trained:.2f} vs {start:.2f}. See docs/configuration.md for the options that matter "
-                "for your data (augmentations, schedule, pretrained weights)."
-            )
+    trained = mean_metrics(last)[key]
+    for point in ([baseline] if baseline is not None else []) + [starting_points.get("clip_zero_shot")]:
+        if point is None or trained > point["mean"][key]:
+            continue
+        name = point["kind"].replace("_", " ")
+        warnings.append(
+            f"the trained embedding does not beat its starting point ({name}): mean {key} {trained:.2f} vs "
+            f"{point['mean'][key]:.2f}. " + (
+                "The CLIP alone, given the class names, retrieves better: use it, or see docs/configuration.md."
+                if point["kind"] == "clip_zero_shot" else
+                "See docs/configuration.md for the options that matter for your data (augmentations, schedule, "
+                "pretrained weights)."))
     return {
         "domains": list(domain_names),
         "last": last,
         "last_epoch": evaluated[-1]["epoch"],
-        "baseline": None if baseline is None else {**baseline, "mean": mean_metrics(baseline["results"])},
+        "baseline": baseline,
+        "starting_points": starting_points,
+        "prompt_repair": repairs[-1] if repairs else None,
         "warnings": warnings,
         "label_free_best": None if label_free is None else {
             "criterion": LABEL_FREE_CRITERION,
@@ -98,8 +111,7 @@ def build_summary(history: Sequence[Mapping[str, Any]], *, first_k: int, domain_
         "pseudo_label_nmi": clusterings[-1]["clustering"]["nmi"] if clusterings else None,
         "clustering": [{"stage": r["stage"], "epoch": r["epoch"], **r["clustering"]} for r in clusterings],
         # Kept for scripts reading earlier summaries: the baseline's results when it is raw pixels.
-        "raw_pixel_baseline": (baseline["results"] if baseline is not None and baseline["kind"] == "raw_pixels"
-                               else None),
+        "raw_pixel_baseline": starting_points["raw_pixels"]["results"] if "raw_pixels" in starting_points else None,
         **extra,
     }
 

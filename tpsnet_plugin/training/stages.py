@@ -153,6 +153,7 @@ class PromptStage(Stage):
         clip_features = F.normalize(clip_features, dim=-1).to(device)
         domains = trainer.domains.to(device)
         labels = trainer.state.labels.to(device)
+        initial = labels.clone()
         loss_fn = PromptContrastiveLoss(logit_scale=learner.logit_scale)
         optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=self.lr)
         generator = torch.Generator().manual_seed(int(trainer.config["seed"]))
@@ -165,11 +166,13 @@ class PromptStage(Stage):
                         clip_features, F.normalize(learner().float(), dim=-1), domains, labels,
                         learner.logit_scale, self.repair_threshold,
                     )
-                trainer.accelerator.print(f"stage 1: re-paired {(repaired != labels).sum().item()} labels")
+                trainer.record_repair(epoch + 1, labels.cpu(), repaired.cpu())
                 labels = repaired
         with torch.no_grad():
             text_features = F.normalize(learner().float(), dim=-1)
         # Stage 1 runs identically on every process; rank 0's result is authoritative.
+        if self.repair_every and self.epochs >= self.repair_every:
+            trainer.record_repair(self.epochs, initial.cpu(), labels.cpu(), total=True)
         trainer.model.set_text_features(broadcast(text_features.contiguous(), from_process=0))
         trainer.state.labels = broadcast(labels, from_process=0).cpu()
 

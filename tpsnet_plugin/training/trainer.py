@@ -25,10 +25,12 @@ from torch.utils.data import DataLoader
 
 from .. import _torchvision_compat  # noqa: F401
 from ..clustering import ClusterPseudoLabeler, cluster_centroids, confident_mask, faiss_gpu_available
-from ..evaluation import evaluate_domains, mean_metrics
+from ..evaluation import evaluate_domains, mean_metrics, relabel_precision
 from ..evaluation.baseline import raw_pixel_features
 from ..models import TPSNet, create_tpsnet
 from ..text_prior import DomainPromptLearner
+from ..text_prior.domain_prompt_learner import clip_embed_dim, create_frozen_clip, encode_clip_images
+from ..text_prior.zero_shot import zero_shot_probabilities
 from ..utils.io import atomic_write_text
 from .augment import BatchAugment
 from .checkpoint import (
@@ -42,6 +44,7 @@ from .config import default_config, flatten_config, merge_config, validate_confi
 from .data import (
     build_dataset,
     cache_images,
+    class_names_of,
     dataset_fingerprint,
     fit_batch_to_dataset,
     images_as_float,
@@ -124,7 +127,9 @@ class TPSNetTrainer:
 
         # Model
         model_cfg = cfg["model"]
+        self.class_names = class_names_of(cfg["data"], self.dataset.classes)
         self.prompt_learner = None
+        self.clip = None  # the frozen open_clip model: text prior, backbone start, zero-shot starting point
         self.embed_dim = int(model_cfg["embed_dim"])
         if model_cfg["text_prior"]:
             self.prompt_learner = DomainPromptLearner(
@@ -135,8 +140,13 @@ class TPSNetTrainer:
                 num_context=model_cfg["num_context"],
                 template=model_cfg["template"],
             ).to(self.device)
-            self.embed_dim = self.prompt_learner.embed_dim
-        self.model = create_tpsnet(model_cfg, self.embed_dim, self.num_domains, self.num_clusters)
+            self.clip = self.prompt_learner.clip
+        elif model_cfg["rgb_from_clip"] or self.zero_shot_enabled():
+            self.clip = create_frozen_clip(model_cfg["clip_model"], model_cfg["clip_pretrained"]).to(self.device)
+        if self.clip is not None and (model_cfg["text_prior"] or model_cfg["rgb_from_clip"]):
+            self.embed_dim = clip_embed_dim(self.clip)  # the prompts and the CLIP projection fix e
+        self.model = create_tpsnet(model_cfg, self.embed_dim, self.num_domains, self.num_clusters,
+                                   image_size=self.image_size, clip=self.clip)
         compile_mode = phase_compile_mode(model_cfg["compile"], self.device)
         if compile_mode is not None and self.model.backbone.phase_model is not None:
             self.model.backbone.compile_phase_branch(mode=compile_mode)
@@ -378,40 +388,84 @@ class TPSNetTrainer:
         )
 
     def starts_pretrained(self) -> bool:
-        """Whether the RGB backbone starts from pretrained weights (timm ``pretrained`` or a local file)."""
+        """Whether the RGB backbone starts from pretrained weights (timm ``pretrained``, a file, a CLIP tower)."""
         model_cfg = self.config["model"]
-        return bool(model_cfg["pretrained"] or model_cfg["checkpoint_path"])
+        return bool(model_cfg["pretrained"] or model_cfg["checkpoint_path"] or model_cfg["rgb_from_clip"])
 
-    def baseline(self) -> dict[str, Any]:
-        """Retrieval with the run's starting point, the floor the trained embedding must beat.
+    def zero_shot_enabled(self) -> bool:
+        """Whether the CLIP's zero-shot retrieval is one of the starting points (``eval.zero_shot``)."""
+        setting = self.config["eval"]["zero_shot"]
+        if setting == "auto":
+            return bool(self.config["model"]["clip_pretrained"]) and self.class_names is not None
+        if setting and self.class_names is None:
+            raise ValueError(
+                "eval.zero_shot=true needs class names, and the list files give only numeric labels: set "
+                "data.class_names (one name per class, in label order) or data.classes, or eval.zero_shot=false")
+        return bool(setting)
 
-        From scratch, the starting point is raw pixels (grayscale, at most 32×32, cosine); with a
-        pretrained backbone, it is the backbone's frozen pooled features, before any new head.
+    def starting_point_kinds(self) -> list[str]:
+        """The starting points this run reports: raw pixels, the frozen pretrained features, the CLIP zero-shot."""
+        kinds = ["raw_pixels"]
+        if self.starts_pretrained():
+            kinds.append("frozen_features")
+        if self.zero_shot_enabled():
+            kinds.append("clip_zero_shot")
+        return kinds
+
+    def baseline(self, kind: str = "raw_pixels") -> dict[str, Any]:
+        """Retrieval with one of the run's starting points, evaluated exactly like the trained embedding.
+
+        Every starting point goes through the same retrieval post-processing as the model
+        (:meth:`retrieval_features`: per-domain centring when ``eval.center_per_domain``, L2):
+
+        * ``raw_pixels``: grayscale pixels, at most 32×32;
+        * ``frozen_features``: the pretrained RGB backbone's pooled features, before any new head;
+        * ``clip_zero_shot``: each image as its CLIP zero-shot class-probability vector over the class
+          names (``uses_class_names``: UCDIR methods do not get class names, like ``oracle_best``
+          uses test labels); also its zero-shot classification accuracy (diagnostic).
 
         Returns:
-            ``{"kind": "raw_pixels" | "pretrained_features", "results": direction -> metrics}``.
+            ``{"kind": kind, "results": direction -> metrics, ...}``.
         """
-        if self.starts_pretrained():
-            backbone = self.model.backbone
-            kind, encoder = "pretrained_features", backbone.rgb_features
-        else:
+        extra: dict[str, Any] = {}
+        if kind == "raw_pixels":
             # at most 32×32: a floor, and at 224 px raw pixels would not fit in memory at scale
-            kind, encoder = "raw_pixels", partial(raw_pixel_features, max_size=32)
-        features = self.embed(encoder=encoder, desc=f"baseline ({kind.replace('_', ' ')})")
-        return {"kind": kind, "results": self.evaluate_features(F.normalize(features, dim=-1))}
+            features = self.embed(encoder=partial(raw_pixel_features, max_size=32), desc="baseline (raw pixels)")
+        elif kind == "frozen_features":
+            features = self.embed(encoder=self.model.backbone.rgb_features, desc="baseline (frozen features)")
+        elif kind == "clip_zero_shot":
+            image_features = self.embed(encoder=self.clip_image_features, desc="baseline (CLIP zero-shot)")
+            features = zero_shot_probabilities(
+                self.clip, self.config["model"]["clip_model"], image_features, self.class_names,
+                pretrained=self.config["model"]["clip_pretrained"])
+            predicted = features.argmax(1).numpy()
+            extra = {"uses_class_names": True, "class_names": list(self.class_names),
+                     "top1_accuracy": float(100 * (predicted == self.true_labels).mean())}
+        else:
+            raise ValueError(f"unknown starting point {kind!r}: choose one of {self.starting_point_kinds()}")
+        # L2-normalised first, as the model's embeddings are, then centred and normalised like them
+        return {"kind": kind, "results": self.evaluate(F.normalize(features.float(), dim=-1)), **extra}
+
+    def clip_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen CLIP's image embeddings of images in [0, 1], preprocessed as the text prior sees them."""
+        if self.prompt_learner is not None:
+            return self.prompt_learner.encode_images(images)
+        return encode_clip_images(self.clip, images)
 
     def record_baseline(self) -> None:
-        """Evaluate the starting point (before any training) and keep it in the history."""
-        # The baseline draws no random numbers from the run's streams: training is the same with or without it.
+        """Evaluate every starting point (before any training) and keep them in the history."""
+        # The baselines draw no random numbers from the run's streams: training is the same with or without them.
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            baseline = self.baseline()
-        self.state.history.append({"stage": "baseline", "epoch": 0, "baseline": baseline})
+        for kind in self.starting_point_kinds():
+            with torch.random.fork_rng(devices=devices):
+                baseline = self.baseline(kind)
+            self.state.history.append({"stage": "baseline", "epoch": 0, "baseline": baseline})
+            mean = mean_metrics(baseline["results"])
+            note = " (uses class names)" if baseline.get("uses_class_names") else ""
+            self.accelerator.print(f"[starting point: {kind.replace('_', ' ')}{note}] "
+                                   + ", ".join(f"{k}={v:.2f}" for k, v in mean.items()))
         if self.accelerator.is_main_process:
             write_records(self.output_dir, self.state.history)
-        mean = mean_metrics(baseline["results"])
-        self.accelerator.print(f"[starting point: {baseline['kind'].replace('_', ' ')}] "
-                               + ", ".join(f"{k}={v:.2f}" for k, v in mean.items()))
 
     def label_free_score(self, embeddings: torch.Tensor) -> float:
         """The model-selection score that uses no labels: pseudo-label P@1 across domains.
@@ -466,6 +520,26 @@ class TPSNetTrainer:
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items() if k != "nmi_per_domain"
         ))
         self.state.history.append({"stage": self.state.stage, "epoch": self.state.epoch, "clustering": info})
+        if self.accelerator.is_main_process:
+            write_records(self.output_dir, self.state.history)
+        return info
+
+    def record_repair(self, epoch: int, before: torch.Tensor, after: torch.Tensor,
+                      total: bool = False) -> dict[str, Any]:
+        """Log a stage-1 re-pairing (how many labels changed, and how many of those are right: diagnostics only).
+
+        Args:
+            epoch: The prompt epoch of the re-pairing (the stage's last epoch for the total).
+            before: Pseudo-labels before it (for the total: at the start of the stage).
+            after: Pseudo-labels after it.
+            total: This record is the stage's total (start of the stage vs its end).
+        """
+        info = {"repair": "total" if total else "step", **relabel_precision(before, after, self.true_labels)}
+        precision = info["precision"]
+        self.accelerator.print(
+            f"stage 1: {'in all, ' if total else ''}re-paired {info['changed']} labels ({100 * info['share']:.2f} %)"
+            + ("" if precision is None else f", {100 * precision:.1f} % of them right (diagnostic, uses labels)"))
+        self.state.history.append({"stage": "prompts", "epoch": epoch, "repair": info})
         if self.accelerator.is_main_process:
             write_records(self.output_dir, self.state.history)
         return info
