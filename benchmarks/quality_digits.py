@@ -1,4 +1,4 @@
-"""Retrieval quality on Digits, trained from scratch: ablations over seeds.
+"""Retrieval quality: ablations over seeds, on Digits or any folder dataset, from scratch or pretrained.
 
     python benchmarks/quality_digits.py [--config configs/digits4.yaml] [--seeds 0 1 2] [--variants full no_priors ...]
                                         [--jobs N] [--threads T]
@@ -6,6 +6,9 @@
 Variants (all through the same trainer, switched by config keys):
 
 - ``raw_pixels``: grayscale pixels, cosine (no training);
+- ``frozen_start`` / ``clip_zero_shot``: the starting points the trained runs report (with a pretrained
+  backbone: its frozen features; with a pretrained CLIP: its zero-shot retrieval over the class names,
+  flagged ``uses_class_names``); every starting point is evaluated like the trained embedding;
 - ``frozen_clip``: the frozen image features of the offline CLIP shipped in the package
   (``tpsnet-tiny-clip``, ``icons``), cosine (no training): the starting point a backbone
   initialised from that CLIP would have, and its zero-shot naming of the classes (image -> class
@@ -65,6 +68,8 @@ VARIANTS = {
     "full_random_clip": ["model.clip_pretrained=null"],
 }
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# starting points read from the trained runs' summaries (variant name -> summary kind)
+STARTING_POINTS = {"raw_pixels": "raw_pixels", "frozen_start": "frozen_features", "clip_zero_shot": "clip_zero_shot"}
 # the default study: the pipeline's parts added one at a time, with the config's CLIP
 ABLATION = ("instance_only", "no_priors", "phase", "text", "full", "full_i2tce")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -132,6 +137,14 @@ def _label_free_vs_oracle(runs: list[dict]) -> dict:
             "of": len(rows)}
 
 
+def _repair_text(repair: dict | None) -> str:
+    """A run's stage-1 re-pairing total: share of labels changed and the share of those that are right."""
+    if not repair:
+        return "-"
+    right = "-" if repair["precision"] is None else f"{100 * repair['precision']:.1f}"
+    return f"{100 * repair['share']:.2f} % ({right} % right)"
+
+
 def _device() -> str:
     import torch
 
@@ -163,7 +176,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--config", default="configs/digits4.yaml")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["raw_pixels", *ABLATION],
-                        choices=["raw_pixels", "frozen_clip", *VARIANTS])
+                        choices=[*STARTING_POINTS, "frozen_clip", *VARIANTS])
     parser.add_argument("--set", dest="extra", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
                         help="extra config overrides for every run")
     parser.add_argument("--work-dir", default="outputs/quality_digits")
@@ -177,7 +190,7 @@ def main(argv=None) -> dict:
 
     report: dict = {"config": args.config, "seeds": args.seeds, "extra": args.extra, "variants": {}}
     lines = []
-    trained = [v for v in args.variants if v not in ("raw_pixels", "frozen_clip")]
+    trained = [v for v in args.variants if v not in (*STARTING_POINTS, "frozen_clip")]
     jobs = [(args.config, v, seed, args.extra, Path(args.work_dir), args.threads)
             for v in trained for seed in args.seeds]
     if args.jobs > 1:
@@ -200,9 +213,15 @@ def main(argv=None) -> dict:
             "devices": sorted({r["device"] for r in runs}),
             "curves": [r["history"] for r in runs],
         }
-        if "raw_pixels" not in report["variants"] and "raw_pixels" in args.variants:
-            baseline = runs[0]["summary"]["raw_pixel_baseline"]
-            report["variants"]["raw_pixels"] = {"last": _untrained(baseline)}
+        repairs = [r["summary"].get("prompt_repair") for r in runs]
+        if any(repairs):
+            report["variants"][variant]["prompt_repair"] = repairs
+        # the starting points every run evaluates (the same for every seed): raw pixels, frozen start, zero-shot
+        for name, kind in STARTING_POINTS.items():
+            point = runs[0]["summary"].get("starting_points", {}).get(kind)
+            if name in args.variants and name not in report["variants"] and point is not None:
+                flags = {k: point[k] for k in ("uses_class_names", "top1_accuracy") if k in point}
+                report["variants"][name] = {"last": _untrained(point["results"]), **flags}
         (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
 
     if "frozen_clip" in args.variants:
@@ -216,6 +235,9 @@ def main(argv=None) -> dict:
             f"{variant:14s} " + "  ".join(f"{m}={v[0]:.2f}±{v[1]:.2f}" for m, v in mean.items())
             + (f"  zero-shot class naming top-1={100 * data['zero_shot']['image_to_name_top1']:.2f}"
                f" (chance {100 * data['zero_shot']['image_to_name_chance_top1']:.2f})" if "zero_shot" in data else "")
+            + (f"  zero-shot top-1={data['top1_accuracy']:.2f} (uses class names)" if "top1_accuracy" in data else "")
+            + ("  stage-1 re-paired " + ", ".join(map(_repair_text, data["prompt_repair"]))
+               if data.get("prompt_repair") else "")
             + (f"  nmi={data['pseudo_label_nmi'][0]:.3f}  peak epochs={data['oracle_peak_epochs']}"
                if "pseudo_label_nmi" in data else "")
             + (f"  label-free epochs={[r['label_free_epoch'] for r in data['label_free']['runs']]}"

@@ -43,3 +43,29 @@ def test_bad_shapes():
         pseudo_label_scores([0, 1], [0, 1, 1], [0, 0, 0])
     with pytest.raises(ValueError, match="1-D"):
         pseudo_label_scores(np.zeros((2, 2)), [0, 1], [0, 0])
+
+
+def test_relabel_precision_against_a_brute_force_mapping():
+    import itertools
+
+    from tpsnet_plugin.evaluation import relabel_precision
+
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 3, size=60)
+    before = (true + 1) % 3  # ids permuted: id (c+1)%3 means class c
+    before[:12] = rng.integers(0, 3, size=12)  # some wrong
+    after = before.copy()
+    after[:20] = (true[:20] + 1) % 3  # re-paired to the right id
+    after[20:25] = (true[20:25] + 2) % 3  # re-paired to a wrong id
+    # brute force: the permutation of ids that agrees most with the classes
+    best = max(itertools.permutations(range(3)), key=lambda p: sum(p[b] == t for b, t in zip(before, true)))
+    changed = before != after
+    right = changed & (np.array(best)[after] == true)
+    result = relabel_precision(before, after, true)
+    assert result["changed"] == changed.sum() and result["right"] == right.sum() > 0
+    assert result["precision"] == pytest.approx(right.sum() / changed.sum())
+    assert result["was_right"] == (changed & (np.array(best)[before] == true)).sum()
+    assert result["accuracy_after"] == pytest.approx((np.array(best)[after] == true).mean())
+    assert result["share"] == pytest.approx(changed.mean())
+    unchanged = relabel_precision(before, before, true)
+    assert unchanged["changed"] == 0 and unchanged["precision"] is None

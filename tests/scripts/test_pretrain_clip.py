@@ -80,3 +80,37 @@ def test_resume_with_another_run_length_is_refused(script, corpus, tmp_path, cap
     assert _run(script, corpus, tmp_path / "run", "--steps", "2") == 0
     assert _run(script, corpus, tmp_path / "run", "--steps", "4", "--resume") == 2
     assert "belongs to a run of 2 steps, not 4" in capsys.readouterr().out
+
+
+def test_digits_disjoint_corpus_holds_no_image_of_the_evaluation_pair(script, corpus):
+    from tpsnet_plugin.data.digits import DigitsDomain
+
+    digits = script.Corpus.from_digits(script.DIGITS_DOMAINS, image_size=24)
+    assert set(digits.themes) == set(script.DIGITS_DOMAINS) == {"printed", "handwriting-fonts", "handwritten-uci"}
+    assert not set(digits.themes) & {"handwritten-mnist", "handwritten-mnist-half", "mnist-m"}
+    assert digits.images.shape[1:] == (3, 24, 24) and digits.images.dtype == torch.uint8
+    assert not digits.flippable.any()
+    first = DigitsDomain("printed", image_size=24)
+    assert digits.captions[0] == script.digit_captions(int(first.labels[0]))
+    assert set(script.digit_captions(7)) >= {"seven", "7", "the number seven"}
+    both = script.load_corpus("digits_disjoint", 24, icons_dir=corpus)
+    assert len(both) == len(digits) + 12 and len(set(both.names)) == 6 + 10  # icon names + one name per digit
+
+
+def test_digits_disjoint_run_and_a_batch_larger_than_the_names(script, corpus, tmp_path, capsys):
+    assert _run(script, corpus, tmp_path / "digits", "--steps", "1", "--corpus", "digits_disjoint",
+                "--model", "tpsnet-cnn-clip") == 0
+    log = json.loads((tmp_path / "digits" / "train_log.json").read_text())
+    assert log["corpus"] == "digits_disjoint" and log["images_per_theme"]["printed"] == 4550
+    # a batch holds one image per name: 17 > 16 names could never fill (it looped forever before)
+    assert _run(script, corpus, tmp_path / "big", "--steps", "1", "--corpus", "digits_disjoint",
+                "--batch-size", "17") == 2
+    assert "larger than the 16 distinct names" in capsys.readouterr().out
+
+
+def test_a_single_caption_draws_no_random_number(script):
+    import random
+
+    rng, reference = random.Random(0), random.Random(0)
+    assert script.pick_caption(("folder open",), rng) == "folder open"
+    assert rng.random() == reference.random()  # icon-only runs draw what they drew before digits existed

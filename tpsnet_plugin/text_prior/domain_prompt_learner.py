@@ -292,6 +292,12 @@ def create_frozen_clip(
             clip_model, pretrained=pretrained, cache_dir=cache_dir
         )
     except RuntimeError as error:
+        if pretrained and not is_tag and ("state_dict" in str(error) or "size mismatch" in str(error)):
+            raise ValueError(
+                f"the CLIP weights '{pretrained}' do not fit open_clip model '{clip_model}' (another architecture, "
+                f"or not an open_clip state dict): pass the model name they were trained with (model.clip_model), "
+                f"or weights of '{clip_model}' (model.clip_pretrained). First lines of the mismatch: "
+                + " ".join(str(error).splitlines()[:3])) from None
         if not (is_tag and "download" in str(error).lower()):
             raise
         source = open_clip.get_pretrained_cfg(clip_model, pretrained)

@@ -21,7 +21,8 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-__all__ = ["ImageTowerMismatchError", "clip_image_size", "clip_normalisation", "init_backbone_from_clip"]
+__all__ = ["ImageTowerMismatchError", "clip_config_image_size", "clip_image_size", "clip_normalisation",
+           "init_backbone_from_clip"]
 
 _OPTION = "model.rgb_from_clip"
 
@@ -34,6 +35,15 @@ def clip_image_size(clip: nn.Module) -> tuple[int, int]:
     """(height, width) the CLIP's image tower was built for."""
     size = open_clip.get_model_preprocess_cfg(clip)["size"]
     return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def clip_config_image_size(model_name: str) -> int:
+    """The image side an open_clip architecture is built for, read from its config (without building it)."""
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        raise ValueError(f"Unknown open_clip model '{model_name}': open_clip.list_models() lists every name")
+    size = config["vision_cfg"].get("image_size", 224)
+    return int(size if isinstance(size, int) else size[0])
 
 
 def clip_normalisation(model_name: str, pretrained: str | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:

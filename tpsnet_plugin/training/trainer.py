@@ -30,6 +30,7 @@ from ..evaluation.baseline import raw_pixel_features
 from ..models import TPSNet, create_tpsnet
 from ..text_prior import DomainPromptLearner
 from ..text_prior.domain_prompt_learner import clip_embed_dim, create_frozen_clip, encode_clip_images
+from ..text_prior.image_tower import clip_config_image_size
 from ..text_prior.zero_shot import zero_shot_probabilities
 from ..utils.io import atomic_write_text
 from .augment import BatchAugment
@@ -101,7 +102,11 @@ class TPSNetTrainer:
         set_seed(int(cfg["seed"]))
 
         # Data
-        self.dataset = build_dataset(cfg["data"], seed=int(cfg["seed"]))
+        data_cfg = cfg["data"]
+        if data_cfg["image_size"] == "auto" and cfg["model"]["rgb_from_clip"]:
+            # a backbone started from a CLIP tower sees the images at the size the tower was trained at
+            data_cfg = {**data_cfg, "image_size": clip_config_image_size(cfg["model"]["clip_model"])}
+        self.dataset = build_dataset(data_cfg, seed=int(cfg["seed"]))
         self.domain_names = list(self.dataset.domain_names)
         self.num_domains = len(self.domain_names)
         self.num_clusters = int(cfg["data"]["num_clusters"] or len(self.dataset.classes))
@@ -128,6 +133,7 @@ class TPSNetTrainer:
         # Model
         model_cfg = cfg["model"]
         self.class_names = class_names_of(cfg["data"], self.dataset.classes)
+        self.zero_shot = self.zero_shot_enabled()  # checked now: a refused setting fails before any work
         self.prompt_learner = None
         self.clip = None  # the frozen open_clip model: text prior, backbone start, zero-shot starting point
         self.embed_dim = int(model_cfg["embed_dim"])
@@ -141,7 +147,7 @@ class TPSNetTrainer:
                 template=model_cfg["template"],
             ).to(self.device)
             self.clip = self.prompt_learner.clip
-        elif model_cfg["rgb_from_clip"] or self.zero_shot_enabled():
+        elif model_cfg["rgb_from_clip"] or self.zero_shot:
             self.clip = create_frozen_clip(model_cfg["clip_model"], model_cfg["clip_pretrained"]).to(self.device)
         if self.clip is not None and (model_cfg["text_prior"] or model_cfg["rgb_from_clip"]):
             self.embed_dim = clip_embed_dim(self.clip)  # the prompts and the CLIP projection fix e
@@ -408,7 +414,7 @@ class TPSNetTrainer:
         kinds = ["raw_pixels"]
         if self.starts_pretrained():
             kinds.append("frozen_features")
-        if self.zero_shot_enabled():
+        if self.zero_shot:
             kinds.append("clip_zero_shot")
         return kinds
 
