@@ -91,3 +91,20 @@ def test_config_image_size_without_building_the_model():
     assert clip_config_image_size(CNN_CLIP_MODEL) == 32 and clip_config_image_size("ViT-B-16") == 224
     with pytest.raises(ValueError, match="Unknown open_clip model"):
         clip_config_image_size("no-such-clip")
+
+
+def test_a_tower_that_loads_but_computes_something_else_is_refused():
+    # same keys and shapes, another activation: strict loading passes, the features differ
+    backbone = PhasePriorBackbone("vit_base_patch16_clip_224", None, embed_dim=64, num_heads=4,
+                                  rgb_kwargs={**TINY_VIT, "act_layer": "quick_gelu"})
+    with pytest.raises(ImageTowerMismatchError, match="compute different features"):
+        init_backbone_from_clip(backbone, _clip(TINY_CLIP_MODEL), image_size=32)
+
+
+@pytest.mark.slow
+def test_paper_setting_openai_vit_b16_tower_starts_timms_quickgelu_vit():
+    # the paper configs: open_clip ViT-B-16 (OpenAI weights are QuickGELU) -> timm vit_base_patch16_clip_quickgelu_224
+    backbone = PhasePriorBackbone("vit_base_patch16_clip_quickgelu_224", None, embed_dim=512, num_heads=8)
+    init_backbone_from_clip(backbone, _clip("ViT-B-16-quickgelu"), image_size=224)  # checks the features itself
+    with pytest.raises(ImageTowerMismatchError, match="QuickGELU"):
+        init_backbone_from_clip(backbone, _clip("ViT-B-16"), image_size=224)  # GELU tower: same keys, other function

@@ -138,3 +138,32 @@ def init_backbone_from_clip(backbone: nn.Module, clip: nn.Module, image_size: in
     with torch.no_grad():
         backbone.rgb_mean.copy_(torch.tensor(cfg["mean"], dtype=torch.float32).view(1, -1, 1, 1))
         backbone.rgb_std.copy_(torch.tensor(cfg["std"], dtype=torch.float32).view(1, -1, 1, 1))
+    if projection is not None:
+        _check_same_function(backbone, clip, size)
+
+
+def _check_same_function(backbone: nn.Module, clip: nn.Module, size: tuple[int, int]) -> None:
+    # Weights that load strictly can still sit in a network that computes something else (QuickGELU
+    # vs GELU, another pooling): compare the two on random images instead of trusting the keys.
+    generator = torch.Generator().manual_seed(0)
+    device = backbone.rgb_mean.device
+    images = torch.rand(2, 3, *size, generator=generator).to(device)
+    modes = backbone.training, clip.training
+    backbone.eval()
+    clip.eval()
+    try:
+        with torch.no_grad():
+            ours = backbone.rgb_proj(backbone.rgb_features(images)).float()
+            theirs = clip.encode_image((images - backbone.rgb_mean) / backbone.rgb_std).float()
+    finally:
+        backbone.train(modes[0])
+        clip.train(modes[1])
+    error = (ours - theirs).norm() / theirs.norm().clamp_min(1e-12)
+    if not error < 1e-3:
+        raise ImageTowerMismatchError(
+            f"{_OPTION}: the CLIP image tower's weights load into "
+            f"model.rgb_backbone='{_timm_name(backbone.rgb_model)}' but the two compute different features "
+            f"(relative difference {float(error):.3g}): use the timm model that matches the tower exactly "
+            "(activation, pooling). OpenAI's ViT-B/16 uses QuickGELU: "
+            "model.rgb_backbone=vit_base_patch16_clip_quickgelu_224, and with a local weights file "
+            "model.clip_model=ViT-B-16-quickgelu")
