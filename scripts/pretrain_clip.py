@@ -417,7 +417,8 @@ def main(argv=None) -> int:
         os.replace(tmp, output_dir / "model.safetensors")
         log = {"model": args.model, "settings": vars(args), "total_steps": total_steps,
                "corpus": args.corpus, "train_images": len(corpus),
-               "images_per_theme": {t: corpus.themes.count(t) for t in sorted(set(corpus.themes))}, "train_seconds": round(progress.elapsed, 1),
+               "images_per_theme": {t: corpus.themes.count(t) for t in sorted(set(corpus.themes))},
+               "train_seconds": round(progress.elapsed, 1),
                "loss_curve": progress.curve,
                "theme_probabilities": dict(zip(sampler.themes, map(float, sampler.theme_probs)))}
         (output_dir / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import tpsnet_plugin  # noqa: F401
