@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     print("\n".join(lines))
 
     result = {
-        "what": "tiny CLIP pretrained on the icon corpus, evaluated on the held-out themes tango + gnome",
+        "what": "a CLIP pretrained offline, evaluated on the icon corpus's held-out themes tango + gnome",
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix() if sys.argv else "scripts/eval_clip.py",
                                          *(argv if argv is not None else sys.argv[1:])]),
         "model": args.model,
@@ -143,8 +143,9 @@ def main(argv=None) -> int:
     }
     if args.train_log:
         log = json.loads(Path(args.train_log).read_text())
-        result["training"] = {k: log[k] for k in ("settings", "total_steps", "train_images", "train_seconds",
-                                                  "loss_curve", "theme_probabilities") if k in log}
+        result["training"] = {k: log[k] for k in ("settings", "corpus", "total_steps", "train_images",
+                                                  "images_per_theme", "train_seconds", "loss_curve",
+                                                  "theme_probabilities") if k in log}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1) + "\n")

@@ -44,6 +44,10 @@ PACKAGED_WEIGHTS: dict[str, dict[str, tuple[str, str]]] = {
         "icons": ("tpsnet-tiny-clip-icons.safetensors",
                   "315f117034ea24e476d06acdae0288bdde10a1098e35e708e95d3f49ee591d16"),
     },
+    "tpsnet-cnn-clip": {
+        "digits_disjoint": ("tpsnet-cnn-clip-digits_disjoint.safetensors",
+                            "84e8663d009855dd1c59f635714b6c759927f6d227eb0b630b8c723f872b3fda"),
+    },
 }
 
 _FIX = ("reinstall the package (pip install --force-reinstall tpsnet-plugin, or `git checkout -- "
