@@ -15,8 +15,9 @@ Per image:
 
 * caption: a random template of ``TEMPLATES`` filled with one of the image's captions;
 * augmentation, batched on tensors: random resized crop, horizontal flip (not for captions
-  with a direction word such as "left" or "next"), brightness/contrast/saturation jitter and
-  random grayscale; then the same antialiased resize + CLIP normalisation as evaluation;
+  with a direction word such as "left" or "next"), brightness/contrast/saturation jitter,
+  random grayscale, optionally random two-colour tinting (``--tint-p``) and inversion
+  (``--invert-p``); then the same antialiased resize + CLIP normalisation as evaluation;
 * theme-balanced sampling: a theme is drawn with probability proportional to
   (its image count) ** ``--theme-power`` (0 = every theme equally often, 1 = every image equally
   often; papirus alone is 48 % of the training images), then an image of that theme uniformly;
@@ -90,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=positive_int, default=64,
                         help="size the corpus images are loaded at (the crop works at this size; the "
                              "model's own input size comes from its config)")
+    parser.add_argument("--tint-p", type=float, default=0.0,
+                        help="probability of recolouring a view with two random colours (ink and paper)")
+    parser.add_argument("--invert-p", type=float, default=0.0, help="probability of inverting a view")
     parser.add_argument("--theme-power", type=float, default=0.5,
                         help="theme sampling probability ~ count ** power (0: uniform over themes)")
     parser.add_argument("--seed", type=int, default=0)
@@ -235,8 +239,15 @@ class RandomStreams:
         self.python.setstate((version, tuple(internal), gauss))
 
 
-def augment(images: torch.Tensor, flippable: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """uint8 B x 3 x H x W -> float [0, 1], augmented, same size."""
+def augment(images: torch.Tensor, flippable: torch.Tensor, generator: torch.Generator,
+            tint_p: float = 0.0, invert_p: float = 0.0) -> torch.Tensor:
+    """uint8 B x 3 x H x W -> float [0, 1], augmented, same size.
+
+    ``tint_p``: probability of recolouring a view as a ramp between two random colours (its
+    luminance picks the point on the ramp): a drawing in any ink on any paper. ``invert_p``:
+    probability of inverting a view (light on dark vs dark on light). Both draw no random number
+    when 0, so runs without them are unchanged.
+    """
     x = images.float() / 255.0
     b, device = x.shape[0], x.device
 
@@ -270,7 +281,15 @@ def augment(images: torch.Tensor, flippable: torch.Tensor, generator: torch.Gene
     x = (x - gray) * uniform(0.7, 1.3).view(b, 1, 1, 1) + gray
     to_gray = (torch.rand(b, generator=generator).to(device) < 0.2).view(b, 1, 1, 1)
     x = torch.where(to_gray, gray.expand_as(x), x)
-    return x.clamp(0.0, 1.0)
+    x = x.clamp(0.0, 1.0)
+    if tint_p > 0:
+        low, high = (torch.rand(b, 3, 1, 1, generator=generator).to(device) for _ in range(2))
+        luminance = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+        tinted = low + (high - low) * luminance
+        x = torch.where((torch.rand(b, generator=generator).to(device) < tint_p).view(b, 1, 1, 1), tinted, x)
+    if invert_p > 0:
+        x = torch.where((torch.rand(b, generator=generator).to(device) < invert_p).view(b, 1, 1, 1), 1 - x, x)
+    return x
 
 
 def cosine_lr(step: int, total: int, warmup: int) -> float:
@@ -378,7 +397,8 @@ def main(argv=None) -> int:
     last = time.time()
     while progress.step < total_steps:
         indices = sampler.batch(args.batch_size)
-        batch = augment(images[indices], flippable[indices], streams.generator).to(accelerator.device)
+        batch = augment(images[indices], flippable[indices], streams.generator, args.tint_p,
+                        args.invert_p).to(accelerator.device)
         batch = preprocess(batch, unwrapped)
         texts = [streams.python.choice(TEMPLATES).format(pick_caption(captions[i], streams.python))
                  for i in indices]

@@ -114,3 +114,20 @@ def test_a_single_caption_draws_no_random_number(script):
     rng, reference = random.Random(0), random.Random(0)
     assert script.pick_caption(("folder open",), rng) == "folder open"
     assert rng.random() == reference.random()  # icon-only runs draw what they drew before digits existed
+
+
+def test_tint_and_invert_recolour_views_and_draw_nothing_when_off(script):
+    images = torch.stack([torch.full((3, 8, 8), 0, dtype=torch.uint8), torch.full((3, 8, 8), 255, dtype=torch.uint8)])
+    images[:, :, 2:6, 2:6] = 255 - images[:, :, 2:6, 2:6]  # a square of the other shade
+    flippable = torch.zeros(2, dtype=torch.bool)
+    plain, reference = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    script.augment(images, flippable, plain)
+    script.augment(images, flippable, reference, tint_p=0.0, invert_p=0.0)
+    assert torch.equal(plain.get_state(), reference.get_state())  # runs without them draw what they drew before
+    inverted = script.augment(images, flippable, torch.Generator().manual_seed(1), invert_p=1.0)
+    upright = script.augment(images, flippable, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(inverted, 1 - upright)
+    tinted = script.augment(images, flippable, torch.Generator().manual_seed(2), tint_p=1.0)
+    # two colours per view (ink and paper), and colour where the input was gray
+    assert (tinted[:, 0] - tinted[:, 1]).abs().max() > 0.01
+    assert tinted.min() >= 0 and tinted.max() <= 1

@@ -102,6 +102,10 @@ def test_bad_pretrained_settings_are_clear_errors(tmp_path, clip_file):
     save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(other))
     with pytest.raises(ValueError, match="do not fit open_clip model 'tpsnet-cnn-clip'.*model.clip_model"):
         TPSNetTrainer(pretrained_config(tmp_path, other))
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(clip_file.read_bytes()[:50000])
+    with pytest.raises(ValueError, match="damaged.safetensors' cannot be read.*model.clip_pretrained"):
+        TPSNetTrainer(pretrained_config(tmp_path, damaged))
     with pytest.raises(ValueError, match="neither an existing file nor a known open_clip tag"):
         TPSNetTrainer(pretrained_config(tmp_path, "no_such_tag"))
     with pytest.raises(ConfigError, match="rgb_from_clip.*unset 'model.pretrained' and 'model.checkpoint_path'"):

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CustomTextCLIP
+from safetensors import SafetensorError
 from torch import nn
 
 from .. import _torchvision_compat  # noqa: F401  (before open_clip)
@@ -291,6 +293,13 @@ def create_frozen_clip(
         clip, _, _ = open_clip.create_model_and_transforms(
             clip_model, pretrained=pretrained, cache_dir=cache_dir
         )
+    except (pickle.UnpicklingError, SafetensorError, EOFError) as error:
+        # a damaged, truncated or pickled-code file: never unpickled, named with the fix
+        raise ValueError(
+            f"the CLIP weights file '{pretrained}' cannot be read as open_clip weights of '{clip_model}' "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:160]}): it is damaged or not a weights-only "
+            "checkpoint. Pass an intact safetensors or state-dict file (model.clip_pretrained), or a pretrained "
+            "tag") from None
     except RuntimeError as error:
         if pretrained and not is_tag and ("state_dict" in str(error) or "size mismatch" in str(error)):
             raise ValueError(
