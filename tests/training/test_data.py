@@ -81,3 +81,19 @@ def test_generic_recipe_on_a_tiny_folder_dataset_trains_and_says_what_it_changed
     summary = trainer.fit()
     assert summary["warnings"][0].startswith(small) and summary["warnings"][1].startswith(batch)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["warnings"][:2] == summary["warnings"][:2]
+
+
+def test_class_names_for_the_clip():
+    from tpsnet_plugin.training.data import class_names_of
+
+    folder = {"dataset": "folder", "layout": "folder", "classes": None, "class_names": None}
+    assert class_names_of(folder, ["alarm_clock", "Back-pack", "desk lamp"]) == ["alarm clock", "Back pack",
+                                                                              "desk lamp"]
+    given = ["clock", "bag", "lamp"]
+    assert class_names_of({**folder, "class_names": given}, ["a", "b", "c"]) == given
+    with pytest.raises(ValueError, match="gives 2 names for 3 classes"):
+        class_names_of({**folder, "class_names": ["clock", "bag"]}, ["a", "b", "c"])
+    # list files without data.classes: the labels are numbers, no names exist
+    assert class_names_of({**folder, "layout": "list"}, ["0", "1"]) is None
+    assert class_names_of({**folder, "layout": "list", "classes": ["cat", "dog"]}, ["cat", "dog"]) == ["cat", "dog"]
+    assert class_names_of({**folder, "dataset": "digits"}, [str(d) for d in range(10)])[7] == "7"
