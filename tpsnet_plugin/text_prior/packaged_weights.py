@@ -46,7 +46,9 @@ PACKAGED_WEIGHTS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "tpsnet-cnn-clip": {
         "digits_disjoint": ("tpsnet-cnn-clip-digits_disjoint.safetensors",
-                            "84e8663d009855dd1c59f635714b6c759927f6d227eb0b630b8c723f872b3fda"),
+                            "399458e141f0eb6d0fa63ddf9fa38dc1ceb9e07c045e55cca4a6c2f8fd15da41"),
+        "artwork": ("tpsnet-cnn-clip-artwork.safetensors",
+                    "c1d3317f9429a09e1d14f157301816cd8f27893668ba8335ab8df508bb8cb629"),
     },
 }
 
