@@ -211,7 +211,7 @@ def build_config(data_dir: Path, output_dir: Path, shape: dict, amp: bool, worke
         "data.dataset=folder", f"data.root={data_dir}",
         f"data.domains=[{', '.join(DOMAINNET_SIZES)}]", "data.layout=folder",
         "data.classes=null", "data.num_clusters=null",
-        "model.pretrained=false", "model.clip_pretrained=null",
+        "model.pretrained=false", "model.rgb_from_clip=false", "model.clip_pretrained=null",  # cost, not weights
         f"data.image_size={shape['image_size']}", "data.cache_in_memory=false",
         f"data.num_workers={workers}",
         *shape["model"],

@@ -74,6 +74,9 @@ def test_other_architecture_or_width_is_a_clear_error():
     narrow = PhasePriorBackbone("small_cnn", None, embed_dim=64, num_heads=4, rgb_kwargs={"widths": [8, 16, 16, 32]})
     with pytest.raises(ImageTowerMismatchError, match="same widths"):
         init_backbone_from_clip(narrow, clip)
+    with pytest.raises(ImageTowerMismatchError, match="is a ViT.*model.rgb_backbone"):
+        init_backbone_from_clip(PhasePriorBackbone("small_cnn", None, embed_dim=64, num_heads=4),
+                                _clip(TINY_CLIP_MODEL), image_size=32)
     wide = PhasePriorBackbone("small_cnn", None, embed_dim=128, num_heads=4)
     with pytest.raises(ImageTowerMismatchError, match="embedding width must be the CLIP's"):
         init_backbone_from_clip(wide, clip)

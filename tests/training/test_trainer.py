@@ -60,16 +60,22 @@ def test_fit_writes_summary_metrics_and_model(tmp_path):
     assert summary["baseline"]["kind"] == "raw_pixels" and set(summary["baseline"]["results"]) == directions
     assert summary["raw_pixel_baseline"] == summary["baseline"]["results"]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["stage"], r["epoch"], r["direction"]) for r in lines] == [
-        ("baseline", 0, d) for d in sorted(directions)] + [
-        ("synergy", e, d) for e in (1, 2, 3) for d in sorted(directions)]
+    # the starting points first (digits.yaml's icons CLIP adds its zero-shot retrieval), then the epochs
+    assert [(r["stage"], r["epoch"], r["direction"], r.get("baseline")) for r in lines] == [
+        ("baseline", 0, d, kind) for kind in ("raw_pixels", "clip_zero_shot") for d in sorted(directions)] + [
+        ("synergy", e, d, None) for e in (1, 2, 3) for d in sorted(directions)]
+    assert set(summary["starting_points"]) == {"raw_pixels", "clip_zero_shot"}
     # the label-free epoch is chosen by the recorded score, without labels
     scores = {r["epoch"]: r["label_free_score"] for r in lines if r["stage"] == "synergy"}
     assert all(0 <= s <= 100 for s in scores.values())
     assert summary["label_free_best"]["epoch"] == max(scores, key=scores.get)
     assert json.loads((run / "summary.json").read_text())["last"] == summary["last"]
     # one clustering after the warm-up, one re-clustering at stage-2 epoch 2 (recluster_every 2, none at the end)
-    clusterings = [json.loads(line) for line in (run / "clustering.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "clustering.jsonl").read_text().splitlines()]
+    clusterings = [r for r in records if "repair" not in r]
+    # stage 1 re-pairs after each of its 2 epochs (repair_every 1), then logs its total
+    assert [(r["stage"], r["epoch"], r["repair"]) for r in records if "repair" in r] == [
+        ("prompts", 1, "step"), ("prompts", 2, "step"), ("prompts", 2, "total")]
     assert [(r["stage"], r["epoch"]) for r in clusterings] == [("cluster", 0), ("synergy", 2)]
     assert clusterings == summary["clustering"]
     assert clusterings[0]["ids_changed"] is None and 0 <= clusterings[1]["ids_changed"] <= 2 * 96

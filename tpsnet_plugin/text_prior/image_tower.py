@@ -80,7 +80,14 @@ def _tower_state(visual: nn.Module, rgb_model: nn.Module) -> tuple[dict[str, tor
             raise ImageTowerMismatchError(f"{_OPTION}: a tower projection with a bias is not supported")
         return trunk, None if proj is None else proj.weight.detach()
     if isinstance(visual, VisionTransformer):
+        from timm.models.vision_transformer import VisionTransformer as TimmViT
         from timm.models.vision_transformer import checkpoint_filter_fn
+
+        if not isinstance(rgb_model, TimmViT):
+            raise ImageTowerMismatchError(
+                f"{_OPTION}: the CLIP image tower is a ViT, the RGB backbone '{_timm_name(rgb_model)}' is not: set "
+                "model.rgb_backbone to the timm ViT of the same shape (e.g. vit_base_patch16_clip_quickgelu_224 "
+                "for OpenAI's ViT-B-16)")
 
         state = {f"visual.{key}": value for key, value in visual.state_dict().items()}
         converted = checkpoint_filter_fn(state, rgb_model)
