@@ -736,16 +736,7 @@ def fetch(cache: Path, svg: bool = True, update: bool = True
     cache = Path(cache)
     renderer = None
     if svg:
-        debs = debian_packages.download_packages([SVG_RENDERER_PACKAGE], cache / "debs", update)
-        unpacked = debian_packages.extract_package(debs[SVG_RENDERER_PACKAGE],
-                                                   cache / "packages" / SVG_RENDERER_PACKAGE)
-        candidate = unpacked / "usr" / "bin" / "rsvg-convert"
-        try:
-            subprocess.run([str(candidate), "--version"], check=True, capture_output=True)
-            renderer = candidate
-        except (OSError, subprocess.CalledProcessError) as error:
-            print(f"rsvg-convert from {SVG_RENDERER_PACKAGE} does not run here ({error}); "
-                  "SVG-only stamps are left out", file=sys.stderr)
+        renderer = build_icons.fetch_svg_renderer(cache, update, left_out="SVG-only stamps")
     debs = debian_packages.download_packages(sorted(s.package for s in SOURCES.values()), cache / "debs", update)
     roots, info = {}, {}
     for theme, source in sorted(SOURCES.items()):

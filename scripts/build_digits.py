@@ -270,25 +270,26 @@ def build_font_domain(fonts: list[FontSource], renders: int) -> tuple[np.ndarray
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-def save_domain(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write ``images`` and ``labels`` as a compressed ``.npz`` with fixed zip metadata.
-
-    ``np.savez_compressed`` stamps each member with the current time, so its bytes change on every
-    build; this writes the same format with a constant timestamp.
+def save_arrays(path: Path, **arrays: np.ndarray) -> None:
+    """Write named arrays as a compressed ``.npz`` with fixed zip metadata (byte-deterministic).
 
     Args:
         path: Output ``.npz`` file.
-        images: uint8 Nx28x28.
-        labels: int64 N.
+        **arrays: The arrays by name (``images``, ``labels``; ``mnist-m`` also stores ``source_index``).
     """
     with zipfile.ZipFile(path, "w") as archive:
-        for key, array in (("images", images), ("labels", labels)):
+        for key, array in arrays.items():
             buffer = io.BytesIO()
             np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             archive.writestr(info, buffer.getvalue(), compresslevel=9)
+
+
+def save_domain(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Write one domain's ``images`` (uint8 Nx28x28) and ``labels`` (int64 N) with :func:`save_arrays`."""
+    save_arrays(path, images=images, labels=labels)
 
 
 def _versions() -> str:

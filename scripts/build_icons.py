@@ -488,6 +488,22 @@ def corpus_stats(rows: list[dict[str, str]]) -> dict:
     }
 
 
+def fetch_svg_renderer(cache: Path, update: bool, left_out: str) -> Path | None:
+    """``rsvg-convert`` from :data:`SVG_RENDERER_PACKAGE`, fetched and unpacked into ``cache``; None
+    (with a message naming what is ``left_out``) when it does not run on this machine."""
+    debs = debian_packages.download_packages([SVG_RENDERER_PACKAGE], Path(cache) / "debs", update)
+    root = debian_packages.extract_package(debs[SVG_RENDERER_PACKAGE],
+                                           Path(cache) / "packages" / SVG_RENDERER_PACKAGE)
+    candidate = root / "usr" / "bin" / "rsvg-convert"
+    try:
+        subprocess.run([str(candidate), "--version"], check=True, capture_output=True)
+        return candidate
+    except (OSError, subprocess.CalledProcessError) as error:
+        print(f"rsvg-convert from {SVG_RENDERER_PACKAGE} does not run here ({error}); {left_out} are left out",
+              file=sys.stderr)
+        return None
+
+
 def fetch_themes(cache: Path, themes: list[str], svg: bool = True, update: bool = True
                  ) -> tuple[dict[str, Path], dict[str, dict[str, str]], Path | None]:
     """Download and unpack the themes' packages (and the SVG renderer) into the cache.
@@ -507,16 +523,7 @@ def fetch_themes(cache: Path, themes: list[str], svg: bool = True, update: bool 
     cache = Path(cache)
     renderer = None
     if svg and any(THEMES[theme].format == "svg" for theme in themes):
-        deb = debian_packages.download_packages([SVG_RENDERER_PACKAGE], cache / "debs", update)
-        root = debian_packages.extract_package(deb[SVG_RENDERER_PACKAGE],
-                                               cache / "packages" / SVG_RENDERER_PACKAGE)
-        candidate = root / "usr" / "bin" / "rsvg-convert"
-        try:
-            subprocess.run([str(candidate), "--version"], check=True, capture_output=True)
-            renderer = candidate
-        except (OSError, subprocess.CalledProcessError) as error:
-            print(f"rsvg-convert from {SVG_RENDERER_PACKAGE} does not run here ({error}); "
-                  "the SVG themes are left out", file=sys.stderr)
+        renderer = fetch_svg_renderer(cache, update, left_out="the SVG themes")
     if renderer is None:
         dropped = [theme for theme in themes if THEMES[theme].format == "svg"]
         if dropped:

@@ -29,11 +29,9 @@ also rebuilds ``mnist-m`` from the freshly built ``handwritten-mnist``.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import re
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +41,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts, when imported by path
 
 import debian_packages  # noqa: E402
-from build_digits import DEFAULT_OUT  # noqa: E402
+from build_digits import DEFAULT_OUT, save_arrays  # noqa: E402
 
 DOMAIN = "mnist-m"
 SOURCE_DOMAIN = "handwritten-mnist"
@@ -221,22 +219,6 @@ def fetch_photos(cache: Path, update: bool = True) -> tuple[list[Path], dict[str
 def source_rows(count: int) -> np.ndarray:
     """The source digits kept out of ``count``: int64 indices, the odd ones (:data:`SOURCE_ROWS`)."""
     return np.arange(count, dtype=np.int64)[SOURCE_ROWS]
-
-
-def save_arrays(path: Path, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` as a compressed ``.npz`` with fixed zip metadata (byte-deterministic).
-
-    The format of ``build_digits.save_domain``, for any set of named arrays (``mnist-m`` also
-    stores ``source_index``).
-    """
-    with zipfile.ZipFile(path, "w") as archive:
-        for key, array in arrays.items():
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, buffer.getvalue(), compresslevel=9)
 
 
 def provenance_section(count: int, packages: dict[str, dict[str, str]], source_count: int = 5000) -> str:
