@@ -76,6 +76,14 @@ def test_run_starts_from_the_clip_and_reports_three_starting_points(tmp_path, cl
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {m["baseline"] for m in metrics if m["stage"] == "baseline"} == set(points)
 
+    # the exported model, rebuilt without the CLIP file, embeds as the trained one (CLIP normalisation kept)
+    from tpsnet_plugin.retrieve import load_trained_model
+
+    model, _ = load_trained_model(tmp_path / "run")
+    with torch.no_grad():
+        rebuilt = model.eval()(images, domains)
+    torch.testing.assert_close(rebuilt, trainer.epoch_embeddings(), atol=1e-4, rtol=1e-4)
+
 
 def test_repaired_labels_are_what_the_synergy_stage_trains_on(tmp_path, clip_file, monkeypatch):
     from tpsnet_plugin.training import stages
