@@ -70,7 +70,8 @@ def build_summary(history: Sequence[Mapping[str, Any]], *, first_k: int, domain_
     label_free = max(scored, key=lambda r: r["label_free_score"]) if scored else None
     starting_points = {r["baseline"]["kind"]: {**r["baseline"], "mean": mean_metrics(r["baseline"]["results"])}
                        for r in history if "baseline" in r}
-    # the run's own starting point: its frozen pretrained features, else raw pixels (never the class-name one)
+    # the run's own starting point: its frozen pretrained features, else raw pixels (never the class-name one);
+    # "pretrained_features" is that kind's name in runs checkpointed by the previous release (resume)
     baseline = next((starting_points[k] for k in ("frozen_features", "pretrained_features", "raw_pixels")
                      if k in starting_points), None)
     clusterings = [r for r in history if "clustering" in r]
