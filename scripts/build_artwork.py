@@ -102,6 +102,7 @@ from tpsnet_plugin.data.icons import (  # noqa: E402
     MANIFEST_COLUMNS,
     MARKER,
     PROVENANCE,
+    cache_dir,
     file_sha256,
     load_manifest,
 )
@@ -230,11 +231,9 @@ _PUNCTUATION = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u20
 
 
 def default_cache_dir() -> Path:
-    """The corpus folder used when none is given: ``$TPSNET_CACHE/artwork`` when the environment
-    variable ``TPSNET_CACHE`` is set, else ``~/.cache/tpsnet_plugin/artwork``."""
-    root = os.environ.get("TPSNET_CACHE")
-    base = Path(root).expanduser() if root else Path("~/.cache/tpsnet_plugin").expanduser()
-    return base / "artwork"
+    """The corpus folder used when none is given: ``$TPSNET_CACHE/artwork``, else
+    ``~/.cache/tpsnet_plugin/artwork`` (``tpsnet_plugin.data.icons.cache_dir``)."""
+    return cache_dir("artwork")
 
 
 def rebuild_command(cache_dir: str | os.PathLike | None = None) -> str:

@@ -130,9 +130,9 @@ SECTION_END = "<!-- mnist-m: end -->"
 
 def default_cache_dir() -> Path:
     """``$TPSNET_CACHE/mnist-m`` when ``TPSNET_CACHE`` is set, else ``~/.cache/tpsnet_plugin/mnist-m``."""
-    root = os.environ.get("TPSNET_CACHE")
-    base = Path(root).expanduser() if root else Path("~/.cache/tpsnet_plugin").expanduser()
-    return base / DOMAIN
+    from tpsnet_plugin.data.icons import cache_dir
+
+    return cache_dir(DOMAIN)
 
 
 def _load_photo(path: Path) -> np.ndarray:

@@ -58,7 +58,7 @@ from open_clip.loss import ClipLoss
 
 from tpsnet_plugin.data.digits import CLASSES as DIGIT_CLASSES
 from tpsnet_plugin.data.digits import DigitsDomain
-from tpsnet_plugin.data.icons import TEMPLATES, default_cache_dir, load_manifest
+from tpsnet_plugin.data.icons import TEMPLATES, cache_dir, default_cache_dir, load_manifest
 from tpsnet_plugin.text_prior import TINY_CLIP_MODEL
 from tpsnet_plugin.text_prior.icons_clip import load_images, preprocess
 from tpsnet_plugin.utils.cli import positive_int
@@ -161,8 +161,7 @@ def load_corpus(name: str, image_size: int, icons_dir=None, artwork_dir=None) ->
     if name == "digits_disjoint":
         parts.append(Corpus.from_digits(DIGITS_DOMAINS, image_size))
     elif name == "artwork":
-        # build_artwork.py's default folder, beside the icon corpus's
-        artwork_dir = artwork_dir if artwork_dir is not None else default_cache_dir().parent / "artwork"
+        artwork_dir = artwork_dir if artwork_dir is not None else cache_dir("artwork")  # build_artwork.py's default
         parts.append(Corpus.from_manifest(artwork_dir, image_size))
     elif name != "icons":
         raise ValueError(f"unknown corpus {name!r}: choose one of {CORPORA}")

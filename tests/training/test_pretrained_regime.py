@@ -13,6 +13,7 @@ import open_clip
 
 from tpsnet_plugin.evaluation import evaluate_domains
 from tpsnet_plugin.text_prior import CNN_CLIP_MODEL, TINY_CLIP_MODEL
+from tpsnet_plugin.text_prior.domain_prompt_learner import encode_clip_images
 from tpsnet_plugin.text_prior.zero_shot import zero_shot_probabilities
 from tpsnet_plugin.training import TPSNetTrainer, load_config
 from tpsnet_plugin.training.config import ConfigError
@@ -48,7 +49,7 @@ def test_run_starts_from_the_clip_and_reports_three_starting_points(tmp_path, cl
     images = images_as_float(trainer.images)
     with torch.no_grad():
         start = trainer.model.eval().backbone.rgb_branch(images)  # eval: BatchNorm's running statistics
-        clip_embedding = trainer.clip_image_features(images)
+        clip_embedding = encode_clip_images(clip, images)
     trainer.model.train()
     torch.testing.assert_close(start, clip_embedding, atol=1e-4, rtol=1e-4)  # I_rgb starts as the CLIP's embedding
     assert trainer.starting_point_kinds() == ["raw_pixels", "frozen_features", "clip_zero_shot"]

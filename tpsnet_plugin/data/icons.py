@@ -46,12 +46,17 @@ TEMPLATES = (
 _SEPARATORS = re.compile(r"[-_.\s]+")
 
 
-def default_cache_dir() -> Path:
-    """The corpus folder used when none is given: ``$TPSNET_CACHE/icons`` when the environment
-    variable ``TPSNET_CACHE`` is set, else ``~/.cache/tpsnet_plugin/icons``."""
+def cache_dir(name: str) -> Path:
+    """The folder of a built corpus or fetched data: ``$TPSNET_CACHE/<name>`` when the environment
+    variable ``TPSNET_CACHE`` is set, else ``~/.cache/tpsnet_plugin/<name>``."""
     root = os.environ.get("TPSNET_CACHE")
     base = Path(root).expanduser() if root else Path("~/.cache/tpsnet_plugin").expanduser()
-    return base / "icons"
+    return base / name
+
+
+def default_cache_dir() -> Path:
+    """The icon corpus folder used when none is given: :func:`cache_dir` ``("icons")``."""
+    return cache_dir("icons")
 
 
 def rebuild_command(cache_dir: str | os.PathLike | None = None) -> str:

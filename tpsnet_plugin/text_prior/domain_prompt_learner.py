@@ -32,8 +32,8 @@ from torch import nn
 
 from .. import _torchvision_compat  # noqa: F401  (before open_clip)
 
-__all__ = ["CNN_CLIP_MODEL", "DomainPromptLearner", "TINY_CLIP_MODEL", "clip_embed_dim", "create_frozen_clip",
-           "encode_clip_images"]
+__all__ = ["CNN_CLIP_MODEL", "DomainPromptLearner", "TINY_CLIP_MODEL", "clip_embed_dim", "clip_preprocess_cfg",
+           "create_frozen_clip", "encode_clip_images"]
 
 TINY_CLIP_MODEL = "tpsnet-tiny-clip"
 """Name of the small open_clip architecture (ViT image tower) shipped in ``text_prior/model_configs``."""
@@ -109,7 +109,7 @@ class DomainPromptLearner(nn.Module):
         self.context = nn.Parameter(torch.empty(num_domains, num_clusters, num_context, width))
         nn.init.normal_(self.context, std=init_std)
 
-        self._image_size = _preprocess_cfg(self.clip)["size"]
+        self._image_size = clip_preprocess_cfg(self.clip)["size"]
 
     @property
     def embed_dim(self) -> int:
@@ -199,7 +199,8 @@ class DomainPromptLearner(nn.Module):
         return encode_clip_images(self.clip, images, batch_size)
 
 
-def _preprocess_cfg(clip: nn.Module) -> dict:
+def clip_preprocess_cfg(clip: nn.Module) -> dict:
+    """open_clip's preprocessing config of a model, with ``size`` as (height, width)."""
     cfg = dict(open_clip.get_model_preprocess_cfg(clip))
     size = cfg["size"]
     cfg["size"] = (size, size) if isinstance(size, int) else tuple(size)
@@ -229,7 +230,7 @@ def encode_clip_images(clip: nn.Module, images: torch.Tensor, batch_size: int = 
         raise ValueError(f"images must be floats in [0, 1], got dtype {images.dtype}; divide uint8 images by 255")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    cfg = _preprocess_cfg(clip)
+    cfg = clip_preprocess_cfg(clip)
     parameter = next(clip.visual.parameters())
     device, dtype = parameter.device, parameter.dtype
     mean = torch.tensor(cfg["mean"], device=device).view(1, -1, 1, 1)

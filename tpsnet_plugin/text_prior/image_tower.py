@@ -21,20 +21,15 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-__all__ = ["ImageTowerMismatchError", "clip_config_image_size", "clip_image_size", "clip_normalisation",
-           "init_backbone_from_clip"]
+from .domain_prompt_learner import clip_preprocess_cfg
+
+__all__ = ["ImageTowerMismatchError", "clip_config_image_size", "clip_normalisation", "init_backbone_from_clip"]
 
 _OPTION = "model.rgb_from_clip"
 
 
 class ImageTowerMismatchError(ValueError):
     """The CLIP image tower cannot initialise the RGB backbone (other architecture, width or image size)."""
-
-
-def clip_image_size(clip: nn.Module) -> tuple[int, int]:
-    """(height, width) the CLIP's image tower was built for."""
-    size = open_clip.get_model_preprocess_cfg(clip)["size"]
-    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def clip_config_image_size(model_name: str) -> int:
@@ -117,7 +112,8 @@ def init_backbone_from_clip(backbone: nn.Module, clip: nn.Module, image_size: in
             tower with another image size; the message names the option to change.
     """
     visual = clip.visual
-    size = clip_image_size(clip)
+    cfg = clip_preprocess_cfg(clip)
+    size = cfg["size"]
     is_vit = isinstance(visual, VisionTransformer) or "vit" in _timm_name(getattr(visual, "trunk", visual)).lower()
     if is_vit and image_size is not None and (image_size, image_size) != tuple(size):
         raise ImageTowerMismatchError(
@@ -141,7 +137,6 @@ def init_backbone_from_clip(backbone: nn.Module, clip: nn.Module, image_size: in
             backbone.rgb_proj.weight.copy_(projection)
             if backbone.rgb_proj.bias is not None:
                 backbone.rgb_proj.bias.zero_()
-    cfg = open_clip.get_model_preprocess_cfg(clip)
     with torch.no_grad():
         backbone.rgb_mean.copy_(torch.tensor(cfg["mean"], dtype=torch.float32).view(1, -1, 1, 1))
         backbone.rgb_std.copy_(torch.tensor(cfg["std"], dtype=torch.float32).view(1, -1, 1, 1))

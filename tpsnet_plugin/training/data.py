@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..data import DigitsDomain, DomainSubset, MultiDomainDataset, build_folder_domains, default_transform, load_domain
 from ..data.digits import warn_shared_instances
+from ..data.icons import caption_from_name
 from .progress import progress
 
 
@@ -57,8 +57,8 @@ def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainD
 def class_names_of(data_config: Mapping[str, Any], classes) -> list[str] | None:
     """The class names a CLIP reads (zero-shot starting point): ``data.class_names``, else the classes.
 
-    Folder names become words (``alarm_clock`` -> ``alarm clock``). None when the only names are the
-    numeric labels of list files without ``data.classes`` (no names exist).
+    Folder names become words, as icon names become captions (``Alarm_Clock`` -> ``alarm clock``).
+    None when the only names are the numeric labels of list files without ``data.classes``.
 
     Raises:
         ValueError: ``data.class_names`` does not give one name per class.
@@ -72,7 +72,7 @@ def class_names_of(data_config: Mapping[str, Any], classes) -> list[str] | None:
         return [str(name) for name in given]
     if data_config["dataset"] == "folder" and data_config["layout"] == "list" and not data_config["classes"]:
         return None
-    return [" ".join(re.split(r"[-_\s]+", c)).strip() for c in classes]
+    return [caption_from_name(c) for c in classes]
 
 
 AUTO_SIZE_RANGE = (16, 96)

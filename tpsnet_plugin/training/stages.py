@@ -149,8 +149,7 @@ class PromptStage(Stage):
     def run(self, trainer) -> None:
         _require_labels(trainer, self.name)
         learner, device = trainer.prompt_learner, trainer.device
-        clip_features = trainer.embed(encoder=learner.encode_images, desc="CLIP features")
-        clip_features = F.normalize(clip_features, dim=-1).to(device)
+        clip_features = F.normalize(trainer.clip_features(keep=False), dim=-1).to(device)
         domains = trainer.domains.to(device)
         labels = trainer.state.labels.to(device)
         initial = labels.clone()
