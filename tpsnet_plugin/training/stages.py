@@ -149,7 +149,9 @@ class PromptStage(Stage):
     def run(self, trainer) -> None:
         _require_labels(trainer, self.name)
         learner, device = trainer.prompt_learner, trainer.device
-        clip_features = F.normalize(trainer.clip_features(keep=False), dim=-1).to(device)
+        # computed again, not cached from the zero-shot starting point: each pass over the loader draws from
+        # the global RNG stream, so skipping one would change every run's training
+        clip_features = F.normalize(trainer.clip_features(), dim=-1).to(device)
         domains = trainer.domains.to(device)
         labels = trainer.state.labels.to(device)
         initial = labels.clone()

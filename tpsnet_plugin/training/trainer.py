@@ -192,7 +192,6 @@ class TPSNetTrainer:
             warnings.warn(warning, stacklevel=2)
         self._fingerprint = dataset_fingerprint(self.dataset)
         self._epoch_embeddings: tuple[tuple[str, int], torch.Tensor] | None = None
-        self._clip_features: torch.Tensor | None = None
 
     def build_stages(self) -> list[Stage]:
         """The stages ``fit`` runs, in order, from the config."""
@@ -441,8 +440,9 @@ class TPSNetTrainer:
         elif kind == "frozen_features":
             features = self.embed(encoder=self.model.backbone.rgb_features, desc="baseline (frozen features)")
         elif kind == "clip_zero_shot":
+            image_features = self.clip_features(desc="baseline (CLIP zero-shot)")
             features = zero_shot_probabilities(
-                self.clip, self.config["model"]["clip_model"], self.clip_features(), self.class_names,
+                self.clip, self.config["model"]["clip_model"], image_features, self.class_names,
                 pretrained=self.config["model"]["clip_pretrained"])
             predicted = features.argmax(1).numpy()
             extra = {"uses_class_names": True, "class_names": list(self.class_names),
@@ -452,17 +452,9 @@ class TPSNetTrainer:
         # L2-normalised first, as the model's embeddings are, then centred and normalised like them
         return {"kind": kind, "results": self.evaluate(F.normalize(features.float(), dim=-1)), **extra}
 
-    def clip_features(self, keep: bool = True) -> torch.Tensor:
-        """The frozen CLIP's image embedding of every image (no augmentation), computed once per run.
-
-        The zero-shot starting point and stage 1 read the same features; ``keep=False`` hands them
-        over and drops the cache (the last reader).
-        """
-        features = self._clip_features
-        if features is None:
-            features = self.embed(encoder=partial(encode_clip_images, self.clip), desc="CLIP features")
-        self._clip_features = features if keep else None
-        return features
+    def clip_features(self, desc: str = "CLIP features") -> torch.Tensor:
+        """The frozen CLIP's image embedding of every image (no augmentation)."""
+        return self.embed(encoder=partial(encode_clip_images, self.clip), desc=desc)
 
     def record_baseline(self) -> None:
         """Evaluate every starting point (before any training) and keep them in the history."""
@@ -476,8 +468,6 @@ class TPSNetTrainer:
             note = " (uses class names)" if baseline.get("uses_class_names") else ""
             self.accelerator.print(f"[starting point: {kind.replace('_', ' ')}{note}] "
                                    + ", ".join(f"{k}={v:.2f}" for k, v in mean.items()))
-        if self.prompt_learner is None:
-            self._clip_features = None  # no prompt stage will read them
         if self.accelerator.is_main_process:
             write_records(self.output_dir, self.state.history)
 
