@@ -18,8 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from tpsnet_plugin.training import NonFiniteLossError, TPSNetTrainer, load_config
-from tpsnet_plugin.training.checkpoint import CheckpointError
+from tpsnet_plugin.errors import TPSNetError
+from tpsnet_plugin.training import TPSNetTrainer, load_config
+from tpsnet_plugin.training.config import read_config_file
 from tpsnet_plugin.training.run_dir import TrainingInterrupted, stop_on_signals
 from tpsnet_plugin.utils.cli import positive_int
 
@@ -42,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="replace the run already in --output-dir (its checkpoints, metrics and model)")
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any config key (repeatable), e.g. --set synergy.epochs=20")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser.parse_args(argv)
 
 
@@ -69,22 +71,41 @@ def main(argv=None) -> dict:
 
 
 # Errors that are the user's to fix: one message, no traceback.
-USER_ERRORS = (ValueError, KeyError, TypeError, OSError, yaml.YAMLError, CheckpointError, NonFiniteLossError)
+USER_ERRORS = (TPSNetError, ValueError, KeyError, TypeError, OSError, yaml.YAMLError)
+
+
+def where_set(option: str, args: argparse.Namespace) -> str:
+    """Where a run's value of ``option`` came from: a --set, the config file, or the defaults."""
+    if any(item.split("=", 1)[0].strip() == option for item in args.overrides):
+        return "--set"
+    path = config_path(args)
+    section, _, key = option.partition(".")
+    try:
+        in_file = key in (read_config_file(path).get(section) or {})
+    except (OSError, ValueError):
+        in_file = False
+    return str(path) if in_file else "the defaults"
 
 
 def cli(argv=None) -> int:
     """Run :func:`main` as a command: clean one-line errors and an exit status instead of tracebacks."""
     stop_on_signals()
+    args = parse_args(argv)
     try:
         main(argv)
-    except TrainingInterrupted as stop:
-        print(f"train_ucdir: {stop}; the last complete checkpoint is kept: continue with --resume", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("train_ucdir: interrupted; the last complete checkpoint is kept: continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # TrainingInterrupted: its message says what is kept and how to go on
+        reason = str(stop) if isinstance(stop, TrainingInterrupted) else "interrupted"
+        if "--output-dir" not in reason:  # not from a run's fit: stopped while setting up
+            reason += " before training started; nothing was written"
+        print(f"train_ucdir: {reason}", file=sys.stderr)
         return 130
     except USER_ERRORS as error:
+        if args.debug:
+            raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        option = getattr(error, "option", None)
+        if option:
+            message = f"{message} ({option} is set in {where_set(option, args)})"
         print(f"train_ucdir: error: {message}", file=sys.stderr)
         return 2
     return 0

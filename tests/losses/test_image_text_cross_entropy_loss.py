@@ -76,11 +76,45 @@ def test_clear_errors():
         loss.set_text_features(torch.randn(7, 5))
     with pytest.raises(ValueError, match="D x 4 x e"):
         loss.set_text_features(torch.randn(2, 3, 5))
-    loss.set_text_features(text[:2])
-    with pytest.raises(ValueError, match="domain 2 but text features cover 2 domains"):
-        loss(embeddings, labels)
     with pytest.raises(ValueError, match="label_smoothing"):
         ImageTextCrossEntropyLoss(NUM_CLUSTERS, label_smoothing=1.0)
+
+
+def test_labels_beyond_the_text_features_raise_naming_the_labels_and_prompts():
+    embeddings, labels, text = make_case()
+    loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS)
+    loss.set_text_features(text[:2])  # 2 domains x 4 clusters: labels 9 and 11 (domain 2) match none
+    with pytest.raises(ValueError, match=r"labels \[9, 11\] match none of the 8 prompts "
+                                         r"\(2 domains x 4 clusters\).*domain \* 4 \+ cluster below 8"):
+        loss(embeddings, labels)
+    loss.set_text_features(text)
+    assert torch.isfinite(loss(embeddings, labels))
+
+
+def test_empty_batch_gives_a_finite_zero_loss_on_the_graph():
+    loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS)
+    loss.set_text_features(make_case()[2])
+    embeddings = torch.zeros(0, 5, requires_grad=True)
+    value = loss(embeddings, torch.zeros(0, dtype=torch.long))
+    assert value.item() == 0.0 and value.requires_grad
+    value.backward()
+    assert torch.equal(embeddings.grad, torch.zeros(0, 5))
+
+
+@pytest.mark.parametrize("scale", [0.0, -100.0, float("nan"), float("inf")])
+def test_non_positive_or_non_finite_logit_scale_is_refused(scale):
+    with pytest.raises(ValueError, match=r"logit_scale must be a finite number > 0.*exp\(logit_scale\)"):
+        ImageTextCrossEntropyLoss(NUM_CLUSTERS, logit_scale=scale)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_text_features_are_refused(bad):
+    loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS)
+    text = make_case()[2]
+    text[1, 2, 0] = bad
+    with pytest.raises(ValueError, match="text_features contain NaN or inf"):
+        loss.set_text_features(text)
+    assert loss.text_features is None
 
 
 def rank_batch(rank):

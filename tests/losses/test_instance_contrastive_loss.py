@@ -94,6 +94,22 @@ def test_clear_errors():
                                   ref_labels=torch.ones(4, dtype=torch.long))
 
 
+@pytest.mark.parametrize("within_domain", [False, True])
+def test_empty_batch_gives_a_finite_zero_loss_on_the_graph(within_domain):
+    view1, view2 = (torch.zeros(0, 6, requires_grad=True) for _ in range(2))
+    domains = torch.zeros(0, dtype=torch.long)
+    value = InstanceContrastiveLoss(0.1, within_domain=within_domain)(view1, domains, ref_emb=view2)
+    assert value.item() == 0.0 and value.requires_grad
+    value.backward()
+    assert torch.equal(view1.grad, torch.zeros(0, 6))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -0.1, float("nan"), float("inf")])
+def test_non_positive_or_non_finite_temperature_is_refused(temperature):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0.*such as 0.1"):
+        InstanceContrastiveLoss(temperature)
+
+
 def rank_batch(rank):
     """Rank ``rank``'s own two views and domains."""
     view1, view2 = make_views(6, seed=10 + rank, dtype=torch.float64)

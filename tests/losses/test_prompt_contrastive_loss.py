@@ -88,6 +88,41 @@ def test_requires_prompt_features_and_labels():
         loss(images, labels, ref_emb=texts)
 
 
+def test_labels_matching_no_prompt_raise_naming_the_labels_and_prompts():
+    images, labels, texts = make_case()
+    loss = PromptContrastiveLoss(logit_scale=10.0)
+    # All 6 prompts (labels 0..5), images labelled 6..11: no pair is positive, the loss would be 0.
+    with pytest.raises(ValueError, match=r"labels \[6, 7, 8, 9, 11\] match none of the 6 "
+                                         r"prompts in ref_labels.*occur in ref_labels"):
+        loss(images, labels + 6, ref_emb=texts, ref_labels=torch.arange(6))
+    with pytest.raises(ValueError, match="match none of the 0 prompts"):
+        loss(images, labels, ref_emb=texts[:0], ref_labels=torch.arange(0))
+
+
+@pytest.mark.parametrize("all_prompts", [True, False])
+def test_empty_batch_gives_a_finite_zero_loss_on_the_graph_of_images_and_prompts(all_prompts):
+    # Stage 1: frozen image features (no gradient); the prompts are what is trained.
+    images = torch.zeros(0, 5)
+    texts = make_case()[2].requires_grad_(True)
+    labels = torch.zeros(0, dtype=torch.long)
+    ref, ref_labels = (texts, torch.arange(6)) if all_prompts else (texts[labels], labels)
+    value = PromptContrastiveLoss(logit_scale=10.0)(images, labels, ref_emb=ref, ref_labels=ref_labels)
+    assert value.item() == 0.0 and value.requires_grad
+    value.backward()
+    assert torch.equal(texts.grad, torch.zeros_like(texts))
+    images.requires_grad_(True)
+    value = PromptContrastiveLoss(logit_scale=10.0)(images, labels, ref_emb=ref.detach(),
+                                                    ref_labels=ref_labels)
+    (grad,) = torch.autograd.grad(value, images)
+    assert value.item() == 0.0 and grad.shape == (0, 5)
+
+
+@pytest.mark.parametrize("scale", [0.0, -14.3, float("nan"), float("inf")])
+def test_non_positive_or_non_finite_logit_scale_is_refused(scale):
+    with pytest.raises(ValueError, match=r"logit_scale must be a finite number > 0.*exp\(logit_scale\)"):
+        PromptContrastiveLoss(logit_scale=scale)
+
+
 def rank_batch(rank):
     """Rank ``rank``'s own images and labels; the prompt table (D·C rows) is shared."""
     images, labels, _ = make_case(10 + rank)

@@ -100,6 +100,57 @@ def test_clear_errors():
         loss(embeddings, labels, ref_emb=embeddings.clone(), ref_labels=labels)
 
 
+def test_non_finite_batch_leaves_the_prototypes_unchanged_and_warns_once():
+    embeddings, labels, centroids = make_case(5)
+    loss = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH, momentum=0.5)
+    loss.init_prototypes(centroids)
+    before = loss.prototypes.clone()
+    poisoned = embeddings.clone()
+    poisoned[3, 1] = float("nan")
+    with pytest.warns(RuntimeWarning, match="non-finite .*embeddings; the prototypes were not updated"):
+        value = loss(poisoned, labels)
+    assert not torch.isfinite(value)  # the loss stays non-finite, for the trainer to report
+    assert torch.equal(loss.prototypes, before)
+    poisoned[3, 1] = float("inf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once already
+        loss(poisoned, labels)
+        loss.update_prototypes(poisoned, labels)
+    assert torch.equal(loss.prototypes, before)
+    # The next finite batch still moves them by the plain EMA step.
+    loss(embeddings, labels)
+    updated = reference_ema(before.double(), embeddings.double(), labels, 0.5)
+    torch.testing.assert_close(loss.prototypes.double(), updated, rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_centroids_are_refused():
+    centroids = make_case()[2]
+    centroids[2, 0] = float("nan")
+    loss = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH)
+    before = loss.prototypes.clone()
+    with pytest.raises(ValueError, match="centroids contain NaN or inf"):
+        loss.init_prototypes(centroids)
+    assert torch.equal(loss.prototypes, before)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_empty_batch_gives_a_finite_zero_loss_on_the_graph(train):
+    loss = PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH).train(train)
+    before = loss.prototypes.clone()
+    embeddings = torch.zeros(0, WIDTH, requires_grad=True)
+    value = loss(embeddings, torch.zeros(0, dtype=torch.long))
+    assert value.item() == 0.0 and value.requires_grad
+    value.backward()
+    assert torch.equal(embeddings.grad, torch.zeros(0, WIDTH))
+    assert torch.equal(loss.prototypes, before)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -0.05, float("nan"), float("inf")])
+def test_non_positive_or_non_finite_temperature_is_refused(temperature):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0.*such as 0.05"):
+        PrototypeCrossEntropyLoss(NUM_CLASSES, WIDTH, temperature=temperature)
+
+
 def rank_batch(rank):
     """Rank ``rank``'s own embeddings and labels (cluster 3 only on rank 1)."""
     embeddings, labels, _ = make_case(10 + rank)

@@ -136,10 +136,42 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="num_clusters"):
         DomainPromptMiner(num_clusters=3, text_features=torch.randn(2, 4, 5))
     miner = DomainPromptMiner(num_clusters=3, text_features=torch.randn(2, 3, 5))
-    with pytest.raises(ValueError, match="domain 2"):
-        miner(torch.randn(4, 5), torch.tensor([0, 3, 6, 1]))
     with pytest.raises(ValueError, match="size 6"):
         miner(torch.randn(4, 6), torch.tensor([0, 3, 1, 1]))
+
+
+def test_labels_beyond_the_text_features_raise_naming_the_labels_and_prompts():
+    miner = DomainPromptMiner(num_clusters=3, text_features=torch.randn(2, 3, 5))
+    # 2 domains x 3 clusters = prompts 0..5: labels 6 and 8 (domain 2) match none of them.
+    message = r"labels \[6, 8\] match none of the 6 prompts \(2 domains x 3 clusters\).*below 6"
+    with pytest.raises(ValueError, match=message):
+        miner(torch.randn(4, 5), torch.tensor([0, 8, 6, 1]))
+    with pytest.raises(ValueError, match=message):  # the reference labels are checked too
+        miner(torch.randn(4, 5), torch.tensor([0, 3, 5, 1]), torch.randn(3, 5), torch.tensor([6, 8, 2]))
+    miner.set_text_features(torch.randn(3, 3, 5))  # with domain 2's prompts they are refined
+    labels = torch.tensor([0, 8, 6, 1])
+    assert torch.equal(miner.refine(torch.randn(4, 5), labels) // 3, labels // 3)
+
+
+@pytest.mark.parametrize("scale", [0.0, -100.0, float("nan"), float("inf")])
+def test_non_positive_or_non_finite_logit_scale_is_refused(scale):
+    with pytest.raises(ValueError, match=r"logit_scale must be a finite number > 0.*exp\(logit_scale\)"):
+        DomainPromptMiner(num_clusters=3, logit_scale=scale)
+
+
+def test_nan_threshold_is_refused():
+    with pytest.raises(ValueError, match="threshold is NaN.*such as 0.5"):
+        DomainPromptMiner(num_clusters=3, threshold=float("nan"))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_text_features_are_refused(bad):
+    text = torch.randn(2, 3, 5)
+    text[0, 1, 4] = bad
+    miner = DomainPromptMiner(num_clusters=3)
+    with pytest.raises(ValueError, match="text_features contain NaN or inf"):
+        miner.set_text_features(text)
+    assert miner.text_features is None
 
 
 def test_recorded_stats():

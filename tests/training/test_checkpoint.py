@@ -1,12 +1,21 @@
 """Checkpoints: complete-or-absent, and never unpickling arbitrary objects on resume."""
 
+import copy
 import pickle
 
 import pytest
 import torch
 from accelerate import Accelerator
 
-from tpsnet_plugin.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from tpsnet_plugin.training.checkpoint import (
+    CheckpointError,
+    ResumeMismatchError,
+    check_resume_compatible,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from tpsnet_plugin.training.config import load_config
 from tpsnet_plugin.training.state import TrainingState
 
 
@@ -58,3 +67,16 @@ def test_load_refuses_a_pickle_payload_without_running_it(tmp_path):
     with pytest.raises(CheckpointError, match="refusing to unpickle"):
         load_checkpoint(accelerator, folder)
     assert not _Payload.ran
+
+
+def test_a_value_refused_today_may_be_corrected_on_resume():
+    # Written by a version that checked cluster.anchor only after the warm-up checkpoint: that value never
+    # clustered anything, so resuming with the corrected one is the same experiment.
+    config = load_config(overrides=["cluster.anchor=1"])
+    written = copy.deepcopy(config)
+    written["cluster"]["anchor"] = 7  # out of range for two domains: refused at load today
+    check_resume_compatible({"config": written}, config, {})
+    written["warmup"]["lr"] = 0.5  # a valid value that trained: still a difference
+    with pytest.raises(ResumeMismatchError, match=r"warmup.lr: 0.5 in the checkpoint") as error:
+        check_resume_compatible({"config": written}, config, {})
+    assert "cluster.anchor" not in str(error.value)

@@ -109,10 +109,12 @@ def test_no_section_reads_another_sections_keys():
         ("synergy.epochs=12.7", r"'synergy.epochs' expects an integer"),
         ("synergy.epochs=ten", r"'synergy.epochs' expects an integer"),
         ("synergy.epochs=0", r"'synergy.epochs' must be >= 1"),
-        ("data.num_clusters=0", r"'data.num_clusters' must be >= 1 or null"),
+        ("data.num_clusters=0", r"'data.num_clusters' must be >= 2 or null"),
+        ("data.num_clusters=1", r"'data.num_clusters' must be >= 2 or null"),
         ("data.subset_per_domain=0", r"'data.subset_per_domain' must be >= 1 or null"),
         ("data.num_clusters=2.5", r"'data.num_clusters' expects an integer or null"),
-        ("eval.ks=[0, 5]", r"'eval.ks' must be a non-empty list of integers >= 1"),
+        ("eval.ks=[0, 5]", r"'eval.ks' must be a non-empty list of different integers >= 1"),
+        ("eval.ks=[1, 5, 5]", r"'eval.ks' must be a non-empty list of different integers"),
         ("eval.ks=[]", r"'eval.ks' must be a non-empty list"),
         ("eval.ks=5", r"'eval.ks' expects a list"),
         ("eval.knn=annoy", r"'eval.knn' must be one of auto, faiss, torch"),
@@ -132,6 +134,61 @@ def test_no_section_reads_another_sections_keys():
 def test_bad_values_fail_at_load_time_naming_the_key(override, message):
     with pytest.raises(ValueError, match=message):
         load_config(overrides=[override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("augment.brightness=.nan", r"'augment.brightness' must be a finite number; got nan"),
+        ("warmup.lr=.inf", r"'warmup.lr' must be a finite number; got inf"),
+        ("synergy.label_smoothing=.nan", r"'synergy.label_smoothing' must be a finite number"),
+        ("synergy.loss_weights.miner=.nan", r"'synergy.loss_weights.miner' must be a finite number"),
+        ("model.phase_amplitude=.nan", r"'model.phase_amplitude' expects a positive number or null"),
+        ("augment.crop_scale=[.nan, 1.0]", r"'augment.crop_scale' must be \[low, high\]"),
+        ("augment.crop_scale=[0.5]", r"'augment.crop_scale' must be \[low, high\].*got \[0.5\]"),
+        ("augment.crop_scale=[0.2, 0.5, 1.0]", r"'augment.crop_scale' must be \[low, high\]"),
+        ("cluster.anchor=2", r"'cluster.anchor' is a domain index: 0 to 1 for 2 domains"),
+        ("model.clip_pretrained=''", r"'model.clip_pretrained' expects a non-empty string or null"),
+        ("model.checkpoint_path=' '", r"'model.checkpoint_path' expects a non-empty string or null"),
+        ("data.on_error=no", r"'data.on_error' must be one of raise, skip; got 'no'"),
+        ("data.layout=on", r"'data.layout' must be one of auto, folder, office31, list; got 'on'"),
+    ],
+)
+def test_values_every_range_check_used_to_let_through_are_refused_at_load(override, message):
+    # NaN compares false with every bound, so it passed each range check (brightness=nan turned jitter off).
+    with pytest.raises(ValueError, match=message):
+        load_config(overrides=[override])
+
+
+def test_an_override_without_a_value_is_refused_instead_of_meaning_null():
+    # `--set model.clip_pretrained=` used to mean null: a randomly initialised CLIP, silently.
+    with pytest.raises(ValueError, match=r"'model.clip_pretrained=' has no value.*model.clip_pretrained=null"):
+        load_config(overrides=["model.clip_pretrained="])
+    assert load_config(overrides=["model.clip_pretrained=null"])["model"]["clip_pretrained"] is None
+
+
+def test_documented_words_are_accepted_in_overrides_and_files(tmp_path):
+    # YAML 1.1 reads off/no/on/yes as booleans; the documented values must arrive as the words they are.
+    config = load_config(overrides=["model.compile=off", "accelerate.mixed_precision=no"])
+    assert config["model"]["compile"] == "off"
+    assert config["accelerate"]["mixed_precision"] == "no"
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  compile: off\n  text_prior: no\naccelerate:\n  mixed_precision: no\n"
+                    "eval:\n  plots: yes\n")
+    config = load_config(path)
+    assert config["model"]["compile"] == "off" and config["accelerate"]["mixed_precision"] == "no"
+    # a boolean option still takes the YAML 1.1 words
+    assert config["model"]["text_prior"] is False and config["eval"]["plots"] is True
+
+
+def test_a_free_form_mapping_is_replaced_as_a_whole(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model:\n  rgb_kwargs: {widths: [16, 32]}\n")
+    assert load_config(path)["model"]["rgb_kwargs"] == {"widths": [16, 32]}
+    for clear in ("model.rgb_kwargs={}", "model.rgb_kwargs=null"):
+        assert load_config(path, [clear])["model"]["rgb_kwargs"] == {}
+    replaced = load_config(path, ["model.rgb_kwargs={drop_rate: 0.1}"])["model"]["rgb_kwargs"]
+    assert replaced == {"drop_rate": 0.1}  # widths gone: a timm backbone without that argument can be chosen
 
 
 def test_all_loss_weights_zero_is_an_error():

@@ -1,6 +1,7 @@
 """The training data: image_size auto fits the data; data too small for the config is reported."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,12 @@ import pytest
 from PIL import Image
 
 from tpsnet_plugin.training import TPSNetTrainer, build_dataset, load_config
-from tpsnet_plugin.training.data import fit_batch_to_dataset, fitting_image_size, small_domain_warnings
+from tpsnet_plugin.training.data import (
+    dataset_fingerprint,
+    fit_batch_to_dataset,
+    fitting_image_size,
+    small_domain_warnings,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,10 +56,14 @@ def test_fit_batch_to_dataset():
     assert fit_batch_to_dataset(256, 1000) == (256, None)
     assert fit_batch_to_dataset(256, 256) == (256, None)
     assert fit_batch_to_dataset(256, 1000, num_processes=8) == (125, "warmup.batch_size=256 is larger than the "
-                                                                     "1000 images on 8 process(es): the warm-up "
-                                                                     "uses batches of 125")
-    with pytest.raises(ValueError, match="at least 2 images per process"):
+                                                                     "1000 images on 8 process(es): batches of "
+                                                                     "125 are used instead")
+    with pytest.raises(ValueError, match="needs at least 2 images per process"):
         fit_batch_to_dataset(256, 3, num_processes=2)
+    # the synergy batch stays a multiple of m_per_cluster
+    assert fit_batch_to_dataset(128, 30, key="synergy.batch_size", multiple_of=4)[0] == 28
+    with pytest.raises(ValueError, match="synergy.batch_size needs at least 4 images"):
+        fit_batch_to_dataset(128, 3, key="synergy.batch_size", multiple_of=4)
 
 
 def test_generic_recipe_on_a_tiny_folder_dataset_trains_and_says_what_it_changed(tmp_path):
@@ -78,6 +88,10 @@ def test_generic_recipe_on_a_tiny_folder_dataset_trains_and_says_what_it_changed
     assert [str(w.message)[:len(small)] for w in caught].count(small) == 1
     assert any(str(w.message).startswith(batch) for w in caught)
     assert trainer.stages[0].batch_size == 30
+    # the recipe's synergy batch of 128 would hold each of the 30 images 4 times or more: false negatives of
+    # the instance loss
+    assert any(str(w.message).startswith("synergy.batch_size=128 is larger than the 30 images") for w in caught)
+    assert trainer.stages[-1].batch_size == 28
     summary = trainer.fit()
     assert summary["warnings"][0].startswith(small) and summary["warnings"][1].startswith(batch)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["warnings"][:2] == summary["warnings"][:2]
@@ -97,3 +111,35 @@ def test_class_names_for_the_clip():
     assert class_names_of({**folder, "layout": "list"}, ["0", "1"]) is None
     assert class_names_of({**folder, "layout": "list", "classes": ["cat", "dog"]}, ["cat", "dog"]) == ["cat", "dog"]
     assert class_names_of({**folder, "dataset": "digits"}, [str(d) for d in range(10)])[7] == "7"
+
+
+def test_fingerprint_follows_the_files_not_where_they_lie(tmp_path):
+    folder_dataset(tmp_path / "here", [12, 14])
+    config = load_config(overrides=["data.dataset=folder", "data.domains=[a, b]", "data.image_size=8"])
+
+    def fingerprint(root):
+        return dataset_fingerprint(build_dataset({**config["data"], "root": str(root)}))
+
+    original = fingerprint(tmp_path / "here")
+    shutil.copytree(tmp_path / "here", tmp_path / "copy")  # a copy elsewhere (new mtimes): the same data
+    assert fingerprint(tmp_path / "copy") == original
+    # an image replaced under its own name (same size: another PNG of the same noise shape)
+    image = tmp_path / "copy" / "a" / "x" / "0.png"
+    replaced = np.asarray(Image.open(image))[::-1].copy()
+    Image.fromarray(replaced).save(image)
+    changed = fingerprint(tmp_path / "copy")
+    assert changed["content_sha256"] == original["content_sha256"]
+    assert changed["files_sha256"] != original["files_sha256"]
+    # a renamed file: the file list changes
+    (tmp_path / "here" / "b" / "y" / "1.png").rename(tmp_path / "here" / "b" / "y" / "9.png")
+    assert fingerprint(tmp_path / "here")["content_sha256"] != original["content_sha256"]
+
+
+def test_one_class_is_refused(tmp_path):
+    for domain in ("a", "b"):
+        (tmp_path / domain / "only").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / domain / "only" / f"{i}.png")
+    config = load_config(overrides=["data.dataset=folder", f"data.root={tmp_path}", "data.domains=[a, b]"])
+    with pytest.raises(ValueError, match=r"one class \('only'\).*every image is a correct match"):
+        build_dataset(config["data"])

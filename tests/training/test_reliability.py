@@ -1,6 +1,7 @@
 """Reliability of whole runs: no lost runs, refused mismatched resumes, clear errors, signals."""
 
 import errno
+import importlib.util
 import json
 import os
 import shutil
@@ -10,13 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from tpsnet_plugin.training import TPSNetTrainer
+from tpsnet_plugin.training import NonFiniteLossError, TPSNetTrainer
 from tpsnet_plugin.training.checkpoint import CheckpointError, ResumeMismatchError, latest_checkpoint
-from tpsnet_plugin.training.run_dir import OutputDirError
+from tpsnet_plugin.training.run_dir import OutputDirError, TrainingInterrupted
 
-from .test_trainer import REPO, run_cli, tiny_config
+from .test_trainer import REPO, TINY, run_cli, tiny_config
 
 EXTRA = ("warmup.epochs=0", "synergy.epochs=2", "synergy.checkpoint_every=1")
 
@@ -217,3 +221,92 @@ def test_resume_accepts_an_option_newer_than_the_checkpoint_only_at_its_default(
     assert "config augment.amplitude_mix_p: '<absent>' in the checkpoint, 1.0 now" in str(error.value)
     summary = TPSNetTrainer(tiny_config(run, *EXTRA, "synergy.epochs=3")).fit(resume=True)
     assert summary["last_epoch"] == 3
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("train_ucdir", REPO / "examples" / "train_ucdir.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pickled code ran",))
+
+
+def _sets(*items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def test_pickled_code_in_weights_options_is_one_line_naming_the_file_the_key_and_where_it_was_set(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"weights": _Payload()}, evil)
+    cli = _load_cli().cli
+    for option in ("model.checkpoint_path", "model.clip_pretrained"):
+        extra = ["model.text_prior=true"] if option == "model.clip_pretrained" else []
+        status = cli(["--output-dir", str(tmp_path / option), *_sets(*TINY, *extra, f"{option}={evil}")])
+        err = capsys.readouterr().err
+        assert status == 2, err
+        line = err.strip().splitlines()[-1]  # after the progress lines
+        assert "Traceback" not in err
+        assert line.startswith("train_ucdir: error: ") and str(evil) in line
+        assert "holds pickled code (posix.system)" in line and "weights_only=False" not in line
+        assert line.endswith(f"({option} is set in --set)")
+
+
+def test_damaged_packaged_weights_say_the_recipe_chose_them(tmp_path, capsys, monkeypatch):
+    from tpsnet_plugin.text_prior import packaged_weights
+
+    file, _ = packaged_weights.PACKAGED_WEIGHTS["tpsnet-tiny-clip"]["icons"]
+    monkeypatch.setitem(packaged_weights.PACKAGED_WEIGHTS["tpsnet-tiny-clip"], "icons", (file, "0" * 64))
+    for domain in ("a", "b"):
+        for label in ("x", "y"):
+            (tmp_path / "data" / domain / label).mkdir(parents=True)
+            for i in range(3):
+                image = Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8))
+                image.save(tmp_path / "data" / domain / label / f"{i}.png")
+    status = _load_cli().cli(["--data-root", str(tmp_path / "data"), "--domains", "a", "b",
+                              "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    assert "the 'icons' weights of 'tpsnet-tiny-clip' are damaged" in line
+    assert line.endswith(f"(model.clip_pretrained is set in {REPO / 'configs' / 'folder.yaml'})")
+
+
+def test_output_dir_inside_the_data_root_is_refused_before_any_work(tmp_path):
+    (tmp_path / "data").mkdir()
+    config = {"data": {"dataset": "folder", "root": str(tmp_path / "data")},
+              "output_dir": str(tmp_path / "data" / "runs" / "one")}
+    with pytest.raises(OutputDirError, match=r"inside the dataset root .*read as a domain or a class"):
+        TPSNetTrainer(config)
+    assert not (tmp_path / "data" / "runs").exists()
+
+
+def test_resume_with_fewer_epochs_than_the_checkpoint_is_refused(run):
+    with pytest.raises(ValueError, match=r"synergy epoch 2, past the 1 epochs synergy.epochs=1.*>= 2"):
+        TPSNetTrainer(tiny_config(run, *EXTRA, "synergy.epochs=1")).fit(resume=True)
+
+
+def test_a_stop_in_the_warm_up_says_there_is_nothing_to_resume(tmp_path, monkeypatch):
+    trainer = TPSNetTrainer(tiny_config(tmp_path))
+
+    def stop(*args, **kwargs):
+        raise TrainingInterrupted("stopped by SIGTERM")
+
+    monkeypatch.setattr(trainer.stages[0].loss_fn, "forward", stop)
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM before the first checkpoint.*--overwrite"):
+        trainer.fit()
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints") is None
+
+
+def test_a_nan_warm_up_loss_names_warmup_lr_and_no_resume(tmp_path, monkeypatch):
+    trainer = TPSNetTrainer(tiny_config(tmp_path))
+    monkeypatch.setattr(trainer.stages[0].loss_fn, "forward", lambda *a, **k: torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert "stage 'warmup'" in message and "Lower warmup.lr" in message
+    assert "--overwrite" in message and "--resume" not in message

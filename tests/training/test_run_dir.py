@@ -5,10 +5,17 @@ import sys
 
 import pytest
 
-from tpsnet_plugin.training.run_dir import OutputDirError, OutputDirLock, check_output_dir, remove_run_artifacts
+from tpsnet_plugin.training.run_dir import (
+    OutputDirError,
+    OutputDirLock,
+    check_output_dir,
+    remove_run_artifacts,
+    write_run_marker,
+)
 
 
 def finished_run(folder):
+    write_run_marker(folder)
     (folder / "checkpoints" / "synergy-epoch001").mkdir(parents=True)
     (folder / "summary.json").write_text("{}")
     (folder / "metrics.jsonl").write_text("")
@@ -18,7 +25,7 @@ def finished_run(folder):
 
 def test_a_new_run_refuses_a_folder_holding_a_run(tmp_path):
     finished_run(tmp_path)
-    message = r"already holds a run \(checkpoints, summary.json, metrics.jsonl\).*--resume.*--overwrite"
+    message = r"holds a run \(tpsnet_run.json, checkpoints, summary.json, metrics.jsonl\).*--resume.*--overwrite"
     with pytest.raises(OutputDirError, match=message):
         check_output_dir(tmp_path, resume=False, overwrite=False)
     assert (tmp_path / "summary.json").exists()
@@ -35,6 +42,27 @@ def test_overwrite_removes_only_run_artifacts(tmp_path):
     check_output_dir(tmp_path, resume=False, overwrite=True)
     remove_run_artifacts(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_refuses_a_folder_with_run_names_that_no_run_of_ours_wrote(tmp_path):
+    # A project folder: the user's own config.yaml and logs/, taken for a run before the marker existed.
+    (tmp_path / "config.yaml").write_text("mine: 1\n")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "notes.log").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(OutputDirError, match=r"logs, config.yaml.*no tpsnet_plugin run wrote.*another --output"):
+            check_output_dir(tmp_path, resume=False, overwrite=overwrite)
+    assert (tmp_path / "logs" / "notes.log").read_text() == "keep me"
+    assert (tmp_path / "config.yaml").read_text() == "mine: 1\n"
+
+
+def test_a_run_written_before_the_marker_is_still_recognised_by_its_checkpoints(tmp_path):
+    (tmp_path / "checkpoints" / "warmup-end").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "warmup-end" / "checkpoint.json").write_text("{}")
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(OutputDirError, match="already holds a run"):
+        check_output_dir(tmp_path, resume=False, overwrite=False)
+    check_output_dir(tmp_path, resume=False, overwrite=True)
 
 
 def test_resume_needs_an_existing_folder(tmp_path):

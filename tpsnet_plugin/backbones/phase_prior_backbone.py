@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
 from typing import Any
 
 import timm
@@ -12,6 +13,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .. import _torchvision_compat  # noqa: F401  (before timm)
+from ..errors import WeightsFileError, describe_unsafe_pickle
 from . import small_cnn as _small_cnn  # noqa: F401  (registers "small_cnn" with timm)
 from .phase import phase_only
 
@@ -56,15 +58,21 @@ def _create_timm_model(
             "rgb_model, phase_kwargs={'checkpoint_path': ...} for phase_model (a state_dict of "
             f"timm.create_model({name!r}, num_classes=0))."
         ) from error
-    except RuntimeError as error:
+    except (RuntimeError, pickle.UnpicklingError) as error:
+        code = describe_unsafe_pickle(error) if checkpoint_path is not None else None
+        if code is not None:
+            raise WeightsFileError(
+                f"{argument}: checkpoint_path {checkpoint_path!r} holds pickled code ({code}), not plain weights: it "
+                "was not loaded. Save the weights as a state_dict (torch.save(model.state_dict(), path)) or "
+                "safetensors", option="model.checkpoint_path") from None
         if checkpoint_path is None or "state_dict" not in str(error):
             raise
-        raise RuntimeError(
+        raise WeightsFileError(
             f"{argument}={name!r}: checkpoint_path {checkpoint_path!r} does not match the model. It "
             f"must hold the state_dict of timm.create_model({name!r}, num_classes=0) with the same "
             "keyword arguments (no classifier head). For a checkpoint that has a classifier head, "
             "pass pretrained=True with pretrained_cfg_overlay={'file': path} in the model's kwargs, "
-            "which drops the head."
+            "which drops the head.", option="model.checkpoint_path"
         ) from error
 
 

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import TPSNetError
+
 MANIFEST = "manifest.csv"
 MARKER = "COMPLETE"
 PROVENANCE = "PROVENANCE.md"
@@ -83,7 +85,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-class IncompleteCorpusError(RuntimeError):
+class IncompleteCorpusError(TPSNetError, RuntimeError):
     """The corpus folder holds no finished build (missing or mismatched ``COMPLETE`` marker)."""
 
 

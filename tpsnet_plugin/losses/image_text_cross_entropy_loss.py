@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity
@@ -25,13 +27,14 @@ class ImageTextCrossEntropyLoss(BaseMetricLossFunction):
     The text features T are frozen in stage 2 and are set once with :meth:`set_text_features`
     (not passed per call), so ``DistributedLossWrapper`` only gathers embeddings and labels. They
     are a non-persistent buffer: they move with ``.to()`` but belong to the model's checkpoint,
-    not this loss's state dict.
+    not this loss's state dict. Every label must name a domain of the text features; an empty
+    batch gives a zero loss.
 
     Args:
         num_clusters: C, the number of clusters (prompts) per domain.
         label_smoothing: ε of the smoothed targets, in [0, 1).
-        logit_scale: Multiplier of the cosine similarities; pass the prompt learner's
-            ``logit_scale``. 100 is the value of the OpenAI CLIP weights.
+        logit_scale: Multiplier of the cosine similarities, finite and positive; pass the prompt
+            learner's ``logit_scale``. 100 is the value of the OpenAI CLIP weights.
         **kwargs: pml options (``reducer``, ``distance``, ``embedding_regularizer``, ...). The
             distance defaults to ``CosineSimilarity``.
     """
@@ -48,6 +51,10 @@ class ImageTextCrossEntropyLoss(BaseMetricLossFunction):
             raise ValueError(f"num_clusters must be at least 1, got {num_clusters}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+        if not math.isfinite(logit_scale) or logit_scale <= 0:
+            raise ValueError(f"logit_scale must be a finite number > 0 (a non-positive one reverses "
+                             f"the objective), got {logit_scale}; pass CLIP's exp(logit_scale), "
+                             "e.g. learner.logit_scale (100 for the OpenAI weights)")
         self.num_clusters = num_clusters
         self.label_smoothing = label_smoothing
         self.logit_scale = logit_scale
@@ -62,7 +69,7 @@ class ImageTextCrossEntropyLoss(BaseMetricLossFunction):
 
         Args:
             text_features: D×C×e features, or D·C×e with row ``d * C + c`` for prompt (d, c).
-                They are detached and stored in float32.
+                They are detached and stored in float32, and must be finite.
         """
         if text_features.ndim == 2:
             if text_features.shape[0] % self.num_clusters:
@@ -72,6 +79,9 @@ class ImageTextCrossEntropyLoss(BaseMetricLossFunction):
         if text_features.ndim != 3 or text_features.shape[1] != self.num_clusters:
             raise ValueError(f"text_features must be D x {self.num_clusters} x e (or D*C x e), "
                              f"got shape {tuple(text_features.shape)}")
+        if not torch.isfinite(text_features).all():
+            raise ValueError("text_features contain NaN or inf values, which would make every loss "
+                             "non-finite; pass finite prompt features")
         self.text_features = text_features.detach().float().clone()
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
@@ -83,9 +93,16 @@ class ImageTextCrossEntropyLoss(BaseMetricLossFunction):
         text = self.text_features.to(embeddings.device)
         num_domains = text.shape[0]
         domains, clusters = decode_domain_labels(labels, self.num_clusters)
-        if domains.numel() and domains.max() >= num_domains:
-            raise ValueError(f"labels name domain {int(domains.max())} but text features cover "
-                             f"{num_domains} domains; labels must be domain * C + cluster")
+        outside = domains >= num_domains
+        if outside.any():
+            num_prompts = num_domains * self.num_clusters
+            raise ValueError(f"labels {labels[outside].unique()[:8].tolist()} match none of the "
+                             f"{num_prompts} prompts ({num_domains} domains x {self.num_clusters} "
+                             f"clusters) of the text features; pass combined labels domain * "
+                             f"{self.num_clusters} + cluster below {num_prompts}, or set the text "
+                             "features of every domain")
+        if len(embeddings) == 0:
+            return self.zero_losses()
         similarities = similarity_matrix(self.distance, embeddings, text.flatten(0, 1))
         # Keep each sample's own domain: (N, D, C) -> (N, C).
         similarities = similarities.view(-1, num_domains, self.num_clusters)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity
@@ -32,10 +34,11 @@ class InstanceContrastiveLoss(BaseMetricLossFunction):
         loss(view1, domains, ref_emb=view2)     # within_domain=True
 
     Here ``labels`` are domain ids (read only when ``within_domain=True``); ``ref_labels`` must be
-    None or equal to them. Each loss row is indexed by its sample, so reducers see N samples.
+    None or equal to them. Each loss row is indexed by its sample, so reducers see N samples; an
+    empty batch gives a zero loss.
 
     Args:
-        temperature: Softmax temperature.
+        temperature: Softmax temperature, finite and positive.
         within_domain: Keep only same-domain negatives; needs domain ids as ``labels``.
         **kwargs: pml options (``reducer``, ``distance``, ``embedding_regularizer``, ...). The
             distance defaults to ``CosineSimilarity``.
@@ -43,8 +46,9 @@ class InstanceContrastiveLoss(BaseMetricLossFunction):
 
     def __init__(self, temperature: float = 0.1, within_domain: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not math.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}; pass a "
+                             "softmax temperature such as 0.1")
         self.temperature = temperature
         self.within_domain = within_domain
         self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
@@ -64,6 +68,8 @@ class InstanceContrastiveLoss(BaseMetricLossFunction):
             raise ValueError("within_domain=True needs the domain id of each sample as labels: "
                              "loss(view1, domains, ref_emb=view2)")
         num = len(embeddings)
+        if num == 0:
+            return self.zero_losses()
         views = torch.cat([embeddings, ref_emb])
         logits = similarity_matrix(self.distance, views, views) / self.temperature
         excluded = torch.eye(2 * num, dtype=torch.bool, device=logits.device)

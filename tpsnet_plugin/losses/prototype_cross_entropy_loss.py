@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity
@@ -22,17 +25,19 @@ class PrototypeCrossEntropyLoss(BaseMetricLossFunction):
     state dict), initialised from cluster centroids with :meth:`init_prototypes` and, in
     training mode only, moved after each loss computation by
     ``P_c <- normalize(momentum * P_c + (1 - momentum) * mean of the normalised batch embeddings
-    with label c)``. The prototypes are shared by all domains, so labels are cluster ids (use
-    ``decode_domain_labels(labels, C)[1]`` on combined labels); matched cluster ids make this
-    loss pull the domains together.
+    with label c)``; a batch with a NaN or inf embedding leaves them unchanged (with a warning,
+    once) and gives a non-finite loss. The prototypes are shared by all domains, so labels are
+    cluster ids (use ``decode_domain_labels(labels, C)[1]`` on combined labels); matched cluster
+    ids make this loss pull the domains together.
 
     Wrap it in ``DistributedLossWrapper`` for multi-process training: the update then sees the
-    gathered global batch and the prototypes stay identical on every rank.
+    gathered global batch and the prototypes stay identical on every rank. An empty batch gives a
+    zero loss.
 
     Args:
         num_classes: C, the number of clusters.
         embedding_size: e, the embedding width.
-        temperature: Softmax temperature τ_p.
+        temperature: Softmax temperature τ_p, finite and positive.
         momentum: EMA momentum m in [0, 1]; 1 freezes the prototypes.
         **kwargs: pml options (``reducer``, ``distance``, ``embedding_regularizer``, ...). The
             distance defaults to ``CosineSimilarity``.
@@ -49,8 +54,9 @@ class PrototypeCrossEntropyLoss(BaseMetricLossFunction):
         super().__init__(**kwargs)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not math.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}; pass a "
+                             "softmax temperature such as 0.05")
         self.num_classes = num_classes
         self.embedding_size = embedding_size
         self.temperature = temperature
@@ -58,6 +64,7 @@ class PrototypeCrossEntropyLoss(BaseMetricLossFunction):
         self.register_buffer(
             "prototypes", F.normalize(torch.randn(num_classes, embedding_size), dim=1)
         )
+        self._warned_non_finite = False
         self.add_to_recordable_attributes(
             list_of_names=["num_classes", "embedding_size", "temperature", "momentum"],
             is_stat=False,
@@ -68,11 +75,14 @@ class PrototypeCrossEntropyLoss(BaseMetricLossFunction):
         """Set the prototypes to the L2-normalised cluster centroids.
 
         Args:
-            centroids: C×e cluster centres, row c for cluster c.
+            centroids: C×e cluster centres, row c for cluster c; they must be finite.
         """
         if centroids.shape != self.prototypes.shape:
             raise ValueError(f"centroids must have shape {tuple(self.prototypes.shape)} "
                              f"(num_classes x embedding_size), got {tuple(centroids.shape)}")
+        if not torch.isfinite(centroids).all():
+            raise ValueError("centroids contain NaN or inf values, which would make the prototypes "
+                             "non-finite for good; pass the finite centres of the clusters")
         self.prototypes.copy_(F.normalize(centroids.float(), dim=1))
 
     @torch.no_grad()
@@ -80,13 +90,21 @@ class PrototypeCrossEntropyLoss(BaseMetricLossFunction):
         """One EMA step of the prototypes of the clusters present in ``labels``.
 
         Called by the loss after computing it in training mode; call it directly to update from
-        features computed elsewhere.
+        features computed elsewhere. Non-finite (NaN or inf) embeddings leave the prototypes
+        unchanged, with a warning the first time.
 
         Args:
             embeddings: N×e embeddings (normalised here).
             labels: Cluster id per embedding, shape (N,).
         """
         self._check_labels(labels)
+        if not torch.isfinite(embeddings).all():
+            if not self._warned_non_finite:
+                warnings.warn("PrototypeCrossEntropyLoss got non-finite (NaN or inf) embeddings; "
+                              "the prototypes were not updated from this batch", RuntimeWarning,
+                              stacklevel=2)
+                self._warned_non_finite = True
+            return
         device = self.prototypes.device
         embeddings = F.normalize(embeddings.detach().float(), dim=1).to(device)
         labels = labels.to(device)
@@ -101,6 +119,8 @@ class PrototypeCrossEntropyLoss(BaseMetricLossFunction):
         c_f.labels_required(labels)
         c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         self._check_labels(labels)
+        if len(embeddings) == 0:
+            return self.zero_losses()
         # A copy: the EMA step below changes the buffer in place, and backward still needs it.
         prototypes = self.prototypes.to(embeddings.device).clone()
         logits = similarity_matrix(self.distance, embeddings, prototypes) / self.temperature

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pytorch_metric_learning.miners import BaseMiner
 
@@ -18,7 +20,8 @@ class DomainPromptMiner(BaseMiner):
     (:func:`~tpsnet_plugin.text_prior.relabel_with_prompts`): with ``T_d`` the ``C`` prompt
     features of the sample's domain, ``p = softmax(logit_scale * cos(embedding, T_d))``; where
     ``max(p) >= threshold`` the cluster becomes ``argmax(p)``, elsewhere the label's cluster is
-    kept. Without text features the labels are used as given.
+    kept. Without text features the labels are used as given; with them, every label must name a
+    domain of the text features.
 
     The output is pml's pair tuple ``(a1, p, a2, n)`` indexing ``embeddings`` (``a1``, ``a2``) and
     ``ref_emb`` (``p``, ``n``): a positive pair shares the refined cluster and comes from two
@@ -34,9 +37,10 @@ class DomainPromptMiner(BaseMiner):
         num_clusters: C, the number of clusters per domain used to decode the combined labels.
         text_features: Optional prompt features ``T`` of shape (D, C, e); see
             :meth:`set_text_features`. ``None`` disables the refinement.
-        threshold: Softmax confidence needed to replace a sample's cluster by the prompt argmax.
-        logit_scale: Multiplier of the cosine similarities before the softmax (CLIP's
-            ``logit_scale.exp()``, 100 for trained CLIP models).
+        threshold: Softmax confidence needed to replace a sample's cluster by the prompt argmax
+            (above 1: never).
+        logit_scale: Multiplier of the cosine similarities before the softmax, finite and
+            positive (CLIP's ``logit_scale.exp()``, 100 for trained CLIP models).
         **kwargs: Passed to pml's ``BaseMiner`` (e.g. ``collect_stats``); the distance is unused.
     """
 
@@ -51,6 +55,13 @@ class DomainPromptMiner(BaseMiner):
         super().__init__(**kwargs)
         if int(num_clusters) < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+        if math.isnan(threshold):
+            raise ValueError("threshold is NaN, which silently turns the refinement off; pass a "
+                             "softmax confidence such as 0.5 (above 1 to turn it off)")
+        if not math.isfinite(logit_scale) or logit_scale <= 0:
+            raise ValueError(f"logit_scale must be a finite number > 0 (a non-positive one picks the "
+                             f"least similar prompt), got {logit_scale}; pass CLIP's "
+                             "exp(logit_scale), e.g. learner.logit_scale (100 for the OpenAI weights)")
         self.num_clusters = int(num_clusters)
         self.threshold = float(threshold)
         self.logit_scale = float(logit_scale)
@@ -70,7 +81,7 @@ class DomainPromptMiner(BaseMiner):
 
         Args:
             text_features: Tensor of shape (D, C, e): for each domain, one feature per cluster
-                prompt. It is stored detached; it need not be normalised.
+                prompt. It is stored detached; it need not be normalised but must be finite.
         """
         if text_features is None:
             self.text_features = None
@@ -81,6 +92,9 @@ class DomainPromptMiner(BaseMiner):
                 "text_features must have shape (num_domains, num_clusters, embedding_size) with "
                 f"num_clusters={self.num_clusters}, got {tuple(text_features.shape)}"
             )
+        if not torch.isfinite(text_features).all():
+            raise ValueError("text_features contain NaN or inf values, which would silently turn "
+                             "the refinement off; pass finite prompt features")
         self.text_features = text_features.float()
 
     def refine(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -93,8 +107,18 @@ class DomainPromptMiner(BaseMiner):
         Returns:
             Long tensor of shape (N,) with the refined combined labels (same domains).
         """
+        labels = torch.as_tensor(labels)
         domains, clusters = decode_domain_labels(labels, self.num_clusters)
         if self.text_features is not None:
+            num_domains = len(self.text_features)
+            outside = domains >= num_domains
+            if outside.any():
+                num_prompts = num_domains * self.num_clusters
+                raise ValueError(f"labels {labels[outside].unique()[:8].tolist()} match none of the "
+                                 f"{num_prompts} prompts ({num_domains} domains x {self.num_clusters} "
+                                 f"clusters) of the text features; pass combined labels domain * "
+                                 f"{self.num_clusters} + cluster below {num_prompts}, or set the "
+                                 "text features of every domain")
             clusters = relabel_with_prompts(embeddings, self.text_features, domains, clusters,
                                             self.logit_scale, self.threshold)
         return encode_domain_labels(domains, clusters, self.num_clusters)

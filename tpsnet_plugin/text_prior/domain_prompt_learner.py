@@ -45,7 +45,12 @@ _MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_MODEL_CONFIG_DIR)
 
 from ..backbones import small_cnn as _small_cnn  # noqa: E402,F401  (timm name of the CNN CLIP towers)
-from .packaged_weights import is_packaged_tag, packaged_weights_path  # noqa: E402  (registers the tags)
+from ..errors import WeightsDownloadError, WeightsFileError, describe_unsafe_pickle  # noqa: E402
+from .packaged_weights import (  # noqa: E402  (registers the tags)
+    PackagedWeightsError,
+    is_packaged_tag,
+    packaged_weights_path,
+)
 
 # Placeholder word of the context positions; CLIP's BPE lower-cases it to the single token "x</w>".
 _PLACEHOLDER = "X"
@@ -282,7 +287,11 @@ def create_frozen_clip(
             raise ValueError(f"Unknown open_clip model '{clip_model}'. Close matches: {close}. "
                              "open_clip.list_models() lists every name.")
     if not is_schema and is_packaged_tag(pretrained) and not os.path.isfile(pretrained):
-        pretrained = packaged_weights_path(clip_model, pretrained)  # checked; clear error if absent
+        try:
+            pretrained = packaged_weights_path(clip_model, pretrained)  # checked; clear error if absent
+        except PackagedWeightsError as error:
+            error.option = "model.clip_pretrained"
+            raise
     is_tag = bool(pretrained) and not is_schema and not os.path.isfile(pretrained)
     if is_tag:
         tags = open_clip.list_pretrained_tags_by_model(clip_model)
@@ -296,18 +305,24 @@ def create_frozen_clip(
         )
     except (pickle.UnpicklingError, SafetensorError, EOFError) as error:
         # a damaged, truncated or pickled-code file: never unpickled, named with the fix
-        raise ValueError(
+        code = describe_unsafe_pickle(error)
+        if code is not None:
+            raise WeightsFileError(
+                f"the CLIP weights file '{pretrained}' holds pickled code ({code}), not plain weights: it was not "
+                "loaded. Pass a safetensors or weights-only state-dict file (model.clip_pretrained), or a "
+                "pretrained tag", option="model.clip_pretrained") from None
+        raise WeightsFileError(
             f"the CLIP weights file '{pretrained}' cannot be read as open_clip weights of '{clip_model}' "
             f"({type(error).__name__}: {str(error).splitlines()[0][:160]}): it is damaged or not a weights-only "
             "checkpoint. Pass an intact safetensors or state-dict file (model.clip_pretrained), or a pretrained "
-            "tag") from None
+            "tag", option="model.clip_pretrained") from None
     except RuntimeError as error:
         if pretrained and not is_tag and ("state_dict" in str(error) or "size mismatch" in str(error)):
-            raise ValueError(
+            raise WeightsFileError(
                 f"the CLIP weights '{pretrained}' do not fit open_clip model '{clip_model}' (another architecture, "
                 f"or not an open_clip state dict): pass the model name they were trained with (model.clip_model), "
                 f"or weights of '{clip_model}' (model.clip_pretrained). First lines of the mismatch: "
-                + " ".join(str(error).splitlines()[:3])) from None
+                + " ".join(str(error).splitlines()[:3]), option="model.clip_pretrained") from None
         if not (is_tag and "download" in str(error).lower()):
             raise
         source = open_clip.get_pretrained_cfg(clip_model, pretrained)
@@ -317,12 +332,11 @@ def create_frozen_clip(
             where = f"https://huggingface.co/{repo} (file {filename})"
         else:
             where = source.get("url", "the open_clip model hub")
-        raise RuntimeError(
+        raise WeightsDownloadError(
             f"Could not fetch the '{pretrained}' weights of '{clip_model}' (no network access, or "
-            f"HF_HUB_OFFLINE=1): {error}\nOn a machine with network access, download them from "
-            f"{where} and pass the file's path: DomainPromptLearner('{clip_model}', "
-            "pretrained='/path/to/open_clip_pytorch_model.bin'), or pass cache_dir= pointing at "
-            "a cache that already holds the weights."
+            f"HF_HUB_OFFLINE=1). On a machine with network access, download them from {where} and pass the "
+            "file's path as the pretrained weights (model.clip_pretrained=/path/to/open_clip_pytorch_model.bin), "
+            "or point cache_dir= (HF_HOME) at a cache that already holds them.", option="model.clip_pretrained"
         ) from error
     clip.requires_grad_(False)
     return clip.eval()

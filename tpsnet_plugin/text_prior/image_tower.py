@@ -21,6 +21,7 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from ..errors import TPSNetError
 from .domain_prompt_learner import clip_preprocess_cfg
 
 __all__ = ["ImageTowerMismatchError", "clip_config_image_size", "clip_normalisation", "init_backbone_from_clip"]
@@ -28,7 +29,7 @@ __all__ = ["ImageTowerMismatchError", "clip_config_image_size", "clip_normalisat
 _OPTION = "model.rgb_from_clip"
 
 
-class ImageTowerMismatchError(ValueError):
+class ImageTowerMismatchError(TPSNetError, ValueError):
     """The CLIP image tower cannot initialise the RGB backbone (other architecture, width or image size)."""
 
 

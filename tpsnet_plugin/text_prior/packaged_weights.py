@@ -33,6 +33,8 @@ from pathlib import Path
 import open_clip
 from open_clip import pretrained as _open_clip_pretrained
 
+from ..errors import TPSNetError
+
 __all__ = ["PACKAGED_WEIGHTS", "PackagedWeightsError", "WEIGHTS_DIR", "is_packaged_tag", "packaged_tags",
            "packaged_weights_path"]
 
@@ -57,7 +59,7 @@ _FIX = ("reinstall the package (pip install --force-reinstall tpsnet-plugin, or 
         "scripts/pretrain_clip.py and pass the file's path as pretrained=")
 
 
-class PackagedWeightsError(RuntimeError):
+class PackagedWeightsError(TPSNetError, RuntimeError):
     """Packaged weights are missing, damaged, or do not exist for the model and tag."""
 
 

@@ -10,6 +10,7 @@ file is loaded once with ``weights_only=True``, so a checkpoint never unpickles 
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import os
@@ -23,8 +24,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 
+from ..errors import TPSNetError
 from ..utils.io import atomic_write_text
-from .config import default_config, flatten_config
+from .config import ConfigError, default_config, flatten_config, validate_config
 
 META = "checkpoint.json"
 LATEST = "latest"
@@ -132,13 +134,14 @@ def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
                            "remove the folder to resume from the one before it.") from error
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TPSNetError, RuntimeError):
     """A checkpoint file is damaged or unsafe to load; the message names it."""
 
 
 # Options that may change on resume; everything else must match the checkpoint's config.
 SAFE_ON_RESUME = (
     "output_dir",
+    "data.root",  # the dataset fingerprint compares the data itself, wherever it lies
     "synergy.epochs",
     "synergy.checkpoint_every",
     "synergy.lr_backbone",
@@ -152,7 +155,7 @@ SAFE_ON_RESUME = (
 )
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(TPSNetError, ValueError):
     """The run to resume was made with another config or dataset."""
 
 
@@ -181,13 +184,18 @@ def check_resume_compatible(meta: Mapping[str, Any], config: Mapping[str, Any], 
             if path not in saved and path in defaults and current.get(path) == defaults[path]:
                 continue  # an option newer than the checkpoint, at its default (= the old behaviour)
             old, new = saved.get(path, "<absent>"), current.get(path, "<absent>")
+            if old != new and path in saved and not _valid_today(config, path, old):
+                continue  # a value refused today (checked too late when it was written) never trained: fix it
             if old != new:
                 differences.append(f"config {path}: {old!r} in the checkpoint, {new!r} now")
     saved_data = meta.get("dataset")
     if saved_data is not None:
-        for key in ("domains", "classes", "sizes", "content_sha256"):
+        for key in ("domains", "classes", "sizes", "content_sha256", "files_sha256"):
+            if key not in saved_data and key == "files_sha256":
+                continue  # a checkpoint written before file contents were fingerprinted
             if saved_data.get(key) != dataset.get(key):
-                what = "the file list or labels" if key == "content_sha256" else key
+                what = {"content_sha256": "the file list or labels",
+                        "files_sha256": "the image files' contents"}.get(key, key)
                 differences.append(f"dataset {what}: {_short(saved_data.get(key))} in the checkpoint, "
                                    f"{_short(dataset.get(key))} now")
     if differences:
@@ -196,6 +204,23 @@ def check_resume_compatible(meta: Mapping[str, Any], config: Mapping[str, Any], 
             + f"\nOnly these options may change on resume: {', '.join(SAFE_ON_RESUME)}. Start a new run in "
             "another --output-dir (or replace this one with --overwrite)."
         )
+
+
+def _valid_today(config: Mapping[str, Any], path: str, value: Any) -> bool:
+    """Whether ``config`` with ``path`` set to ``value`` passes today's validation."""
+    trial = copy.deepcopy(dict(config))
+    node = trial
+    *sections, key = path.split(".")
+    for section in sections:
+        if not isinstance(node.get(section), dict):
+            return True  # not an option of today's config: leave it to the comparison
+        node = node[section]
+    node[key] = value
+    try:
+        validate_config(trial)
+    except (ConfigError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _short(value: Any) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..errors import TPSNetError
 
 # Old key -> new key; accepted for one release (0.2) with a FutureWarning.
 RENAMED_KEYS = {
@@ -33,10 +37,35 @@ REMOVED_KEYS = {
 }
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only ``true``/``false`` are booleans.
+
+    PyYAML follows YAML 1.1, where ``no``, ``off``, ``yes`` and ``on`` are booleans too, so the
+    documented ``model.compile: off`` and ``accelerate.mixed_precision: no`` would arrive as
+    ``False``; here they stay the words they are. A boolean option still accepts them (see
+    :data:`BOOLEAN_WORDS`).
+    """
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+# Words a boolean option accepts besides true/false (YAML 1.1 habits).
+BOOLEAN_WORDS = {"yes": True, "on": True, "no": False, "off": False}
+
+
+def load_yaml(text: str) -> Any:
+    """Parse config text with :class:`ConfigLoader` (``off``/``no`` stay strings)."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def default_config() -> dict[str, Any]:
     """Return a fresh copy of the packaged default configuration."""
     text = resources.files(__package__).joinpath("default_config.yaml").read_text()
-    return yaml.safe_load(text)
+    return load_yaml(text)
 
 
 def _is_section(value: Any) -> bool:
@@ -139,7 +168,7 @@ def merge_config(base: dict[str, Any], override: Mapping[str, Any], _prefix: str
         path = f"{_prefix}{key}"
         if key not in merged:
             raise _unknown_key_error(path, _flat_keys(base, _prefix))
-        if _is_section(merged[key]):
+        if _is_section(merged[key]) and not _is_free_form(path):
             if not isinstance(value, Mapping):
                 raise TypeError(f"Config key '{path}' is a section; give its keys, e.g. {path}.<key>=...")
             merged[key] = merge_config(merged[key], value, path + ".")
@@ -149,6 +178,12 @@ def merge_config(base: dict[str, Any], override: Mapping[str, Any], _prefix: str
 
 
 def _coerce_like(default: Any, value: Any, path: str) -> Any:
+    if _is_free_form(path) and value is None:
+        return {}  # null clears a free-form mapping
+    if _is_free_form(path) and isinstance(value, Mapping):
+        return dict(value)  # a free-form mapping is replaced as a whole, never merged key by key
+    if isinstance(default, bool) and isinstance(value, str) and value.lower() in BOOLEAN_WORDS:
+        return BOOLEAN_WORDS[value.lower()]
     # PyYAML (YAML 1.1) reads "5e-4" as a string and "1" as an int where a float is meant.
     if isinstance(default, float) and not isinstance(value, bool) and isinstance(value, (int, str)):
         try:
@@ -163,8 +198,11 @@ def parse_override(assignment: str) -> dict[str, Any]:
     if "=" not in assignment:
         raise ValueError(f"Override '{assignment}' must look like section.key=value")
     path, raw = assignment.split("=", 1)
+    if not raw.strip():
+        raise ConfigError(f"Override '{assignment}' has no value: give one, or write {path.strip()}=null to unset "
+                          "the option")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw)
     except yaml.YAMLError:
         raise ConfigError(f"Override '{assignment}': the value {raw!r} is not valid YAML "
                           "(quote strings with special characters; lists look like [1, 5])") from None
@@ -184,7 +222,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"Config file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
                           "save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -304,7 +342,11 @@ _OPTIONAL = {
 }
 
 
-class ConfigError(ValueError):
+# Smallest value of an optional integer (default 1).
+_OPTIONAL_MINIMUM = {"data.num_clusters": 2}  # one cluster makes every image a match of every query
+
+
+class ConfigError(TPSNetError, ValueError):
     """A config value is invalid; the message names the key and what it accepts."""
 
 
@@ -322,12 +364,17 @@ def validate_config(config: Mapping[str, Any], defaults: Mapping[str, Any] | Non
     for path, default in _flat_items(defaults):
         value = _get_path(config, path)
         _check_type(path, default, value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"Config key '{path}' must be a finite number; got {value!r}")
     for path, choices in _CHOICES.items():
         value = _get_path(config, path)
         if value not in choices:
-            raise ConfigError(f"Config key '{path}' must be one of {', '.join(choices)}; got {value!r}")
+            hint = " (quote words YAML 1.1 reads as booleans)" if isinstance(value, bool) else ""
+            raise ConfigError(f"Config key '{path}' must be one of {', '.join(choices)}; got {value!r}{hint}")
     for path, (low, high, open_low) in _RANGES.items():
         value = _get_path(config, path)
+        if not math.isfinite(value):
+            raise ConfigError(f"Config key '{path}' must be a finite number; got {value!r}")
         too_low = value <= low if open_low else value < low
         if too_low or (high is not None and value > high):
             bound = f"> {low}" if open_low else f">= {low}"
@@ -346,12 +393,13 @@ def _check_type(path: str, default: Any, value: Any) -> None:
         kind = _OPTIONAL[path]
         if kind is int and not _is_int(value):
             raise fail("an integer or null")
-        if kind is int and value < 1:
-            raise ConfigError(f"Config key '{path}' must be >= 1 or null (null = all); got {value!r}")
-        if kind is float and not (_is_number(value) and value > 0):
+        lowest = _OPTIONAL_MINIMUM.get(path, 1)
+        if kind is int and value < lowest:
+            raise ConfigError(f"Config key '{path}' must be >= {lowest} or null; got {value!r}")
+        if kind is float and not (_is_number(value) and math.isfinite(value) and value > 0):
             raise fail("a positive number or null")
-        if kind is str and not isinstance(value, str):
-            raise fail("a string or null")
+        if kind is str and not (isinstance(value, str) and value.strip()):
+            raise fail("a non-empty string or null")
         if kind is list and not isinstance(value, list):
             raise fail("a list or null")
         return
@@ -393,8 +441,12 @@ def _check_relations(config: Mapping[str, Any]) -> None:
     if not data["domains"] or not all(isinstance(d, str) for d in data["domains"]):
         raise ConfigError(f"Config key 'data.domains' must be a list of names; got {data['domains']!r}")
     ks = ev["ks"]
-    if not ks or not all(_is_int(k) and k >= 1 for k in ks):
-        raise ConfigError(f"Config key 'eval.ks' must be a non-empty list of integers >= 1; got {ks!r}")
+    if not ks or not all(_is_int(k) and k >= 1 for k in ks) or len(set(ks)) != len(ks):
+        raise ConfigError(f"Config key 'eval.ks' must be a non-empty list of different integers >= 1; got {ks!r}")
+    anchor = config["cluster"]["anchor"]
+    if _is_int(anchor) and anchor >= len(data["domains"]):
+        raise ConfigError(f"Config key 'cluster.anchor' is a domain index: 0 to {len(data['domains']) - 1} for "
+                          f"{len(data['domains'])} domains (or smallest, or null); got {anchor}")
     if s2["batch_size"] % s2["m_per_cluster"]:
         raise ConfigError(
             f"Config key 'synergy.batch_size' ({s2['batch_size']}) must be a multiple of "
@@ -402,14 +454,15 @@ def _check_relations(config: Mapping[str, Any]) -> None:
         )
     weights = s2["loss_weights"]
     for name, weight in weights.items():
-        if not _is_number(weight) or weight < 0:
+        if not _is_number(weight) or not weight >= 0 or not math.isfinite(weight):
             raise ConfigError(f"Config key 'synergy.loss_weights.{name}' must be a number >= 0; got {weight!r}")
     if not any(weights.values()):
         raise ConfigError("Every 'synergy.loss_weights' is 0: set at least one above 0 (e.g. prototype: 1.0)")
-    low, high = config["augment"]["crop_scale"]
-    if not (_is_number(low) and _is_number(high) and 0 < low <= high <= 1):
+    crop_scale = config["augment"]["crop_scale"]
+    pair = len(crop_scale) == 2 and all(_is_number(v) for v in crop_scale)
+    if not (pair and 0 < crop_scale[0] <= crop_scale[1] <= 1):
         raise ConfigError("Config key 'augment.crop_scale' must be [low, high] with 0 < low <= high <= 1; "
-                          f"got {[low, high]}")
+                          f"got {crop_scale!r}")
     model = config["model"]
     if model["rgb_from_clip"] and (model["pretrained"] or model["checkpoint_path"]):
         raise ConfigError("Config key 'model.rgb_from_clip' starts the RGB backbone from the CLIP image tower: "

@@ -51,6 +51,9 @@ def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainD
     if data_config["subset_per_domain"]:
         parts = [DomainSubset(part, int(data_config["subset_per_domain"]), seed=seed) for part in dataset.datasets]
         dataset = MultiDomainDataset(parts, domain_names=dataset.domain_names)
+    if len(set(np.asarray(dataset.labels).tolist())) < 2:
+        raise ValueError(f"the data holds one class ({dataset.classes[0]!r}): with one class every image is a "
+                         "correct match of every query, so retrieval cannot be measured; give two or more classes")
     return dataset
 
 
@@ -120,30 +123,39 @@ def small_domain_warnings(domain_sizes: Mapping[str, int], num_clusters: int, m_
     ]
 
 
-def fit_batch_to_dataset(batch_size: int, num_images: int, num_processes: int = 1) -> tuple[int, str | None]:
-    """The warm-up batch size, lowered to the images each process holds when it has fewer.
+def fit_batch_to_dataset(
+    batch_size: int, num_images: int, num_processes: int = 1, key: str = "warmup.batch_size", multiple_of: int = 1
+) -> tuple[int, str | None]:
+    """A batch size lowered to the images each process holds when it has fewer.
 
-    The warm-up keeps full batches only, so a batch larger than the dataset would leave no step.
+    The warm-up keeps full batches only, so a batch larger than the dataset would leave no step; a
+    synergy batch larger than the dataset repeats images, and the copies of an image become false
+    negatives of the instance loss.
 
     Args:
-        batch_size: ``warmup.batch_size`` (per process).
+        batch_size: The configured batch size (per process).
         num_images: Images in the dataset.
-        num_processes: Training processes (each takes a disjoint share of every epoch).
+        num_processes: Processes sharing the images (each takes a disjoint share of every epoch);
+            1 when every process draws from all images (the synergy sampler).
+        key: The option, named in messages.
+        multiple_of: The fitted size stays a multiple of this (``synergy.m_per_cluster``).
 
     Returns:
         ``(batch_size, note)``: the batch size to use and, when it was lowered, a message saying so.
 
     Raises:
-        ValueError: Fewer than 2 images per process (no contrastive batch can be formed).
+        ValueError: Fewer than ``max(2, multiple_of)`` images per process (no batch can be formed).
     """
     per_process = num_images // num_processes
-    if per_process < 2:
-        raise ValueError(f"{num_images} image(s) on {num_processes} process(es): the warm-up needs at least 2 "
+    smallest = max(2, multiple_of)
+    if per_process < smallest:
+        raise ValueError(f"{num_images} image(s) on {num_processes} process(es): {key} needs at least {smallest} "
                          "images per process; add images or train on fewer processes")
     if batch_size <= per_process:
         return batch_size, None
-    return per_process, (f"warmup.batch_size={batch_size} is larger than the {num_images} images on "
-                         f"{num_processes} process(es): the warm-up uses batches of {per_process}")
+    fitted = per_process // multiple_of * multiple_of
+    return fitted, (f"{key}={batch_size} is larger than the {num_images} images on {num_processes} process(es): "
+                    f"batches of {fitted} are used instead")
 
 
 def cache_images(dataset: Dataset, num_workers: int = 0, show_progress: bool = True) -> torch.Tensor:
@@ -188,27 +200,48 @@ class _NoLabelView(Dataset):
         return image, domain, index
 
 
-def dataset_fingerprint(dataset: MultiDomainDataset) -> dict[str, Any]:
-    """What identifies a dataset for resuming: domains, classes, sizes and a hash of its content.
+# Bytes read from each end of an image file for the content fingerprint.
+FINGERPRINT_BYTES = 4096
 
-    The hash covers every image's label and domain and, for folder data, every file's path
-    relative to its domain folder (so a moved dataset root still matches).
+
+def dataset_fingerprint(dataset: MultiDomainDataset) -> dict[str, Any]:
+    """What identifies a dataset for resuming: domains, classes, sizes and hashes of its content.
+
+    ``content_sha256`` covers every image's label and domain and, for folder data, every file's
+    path relative to its domain folder. ``files_sha256`` covers each file's size and its first
+    and last ``FINGERPRINT_BYTES`` bytes: an image replaced under the same name changes it, while
+    the same files moved or copied elsewhere (another ``data.root``) keep it. Neither hash
+    depends on where the dataset lies.
     """
-    digest = hashlib.sha256()
+    digest, files = hashlib.sha256(), hashlib.sha256()
     digest.update(np.asarray(dataset.labels, dtype=np.int64).tobytes())
     digest.update(np.asarray(dataset.domains, dtype=np.int64).tobytes())
     for part in dataset.datasets:
-        for path in _relative_paths(part):
-            digest.update(path.encode("utf-8", "surrogateescape") + b"\0")
+        for relative, path in _sample_paths(part):
+            digest.update(relative.encode("utf-8", "surrogateescape") + b"\0")
+            files.update(_file_signature(path))
     return {
         "domains": list(dataset.domain_names),
         "classes": [str(c) for c in dataset.classes],
         "sizes": [len(part) for part in dataset.datasets],
         "content_sha256": digest.hexdigest(),
+        "files_sha256": files.hexdigest(),
     }
 
 
-def _relative_paths(part) -> list[str]:
+def _file_signature(path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            head = file.read(FINGERPRINT_BYTES)
+            file.seek(max(size - FINGERPRINT_BYTES, len(head)))
+            return size.to_bytes(8, "little") + head + file.read(FINGERPRINT_BYTES)
+    except OSError:
+        return b"<unreadable>"  # skipped or reported by the data layer; the fingerprint stays defined
+
+
+def _sample_paths(part) -> list[tuple[str, str]]:
+    """``(path relative to the domain folder, path)`` of every image of a folder domain; [] for others."""
     indices = getattr(part, "indices", None)
     inner = getattr(part, "dataset", part)
     samples = getattr(inner, "samples", None)
@@ -216,8 +249,7 @@ def _relative_paths(part) -> list[str]:
         return []
     root = getattr(inner, "root", None)
     paths = [str(path) for path, _ in samples]
-    if root is not None:
-        paths = [os.path.relpath(path, root) for path in paths]
+    pairs = [(os.path.relpath(path, root) if root is not None else path, path) for path in paths]
     if indices is not None:
-        paths = [paths[int(i)] for i in indices]
-    return paths
+        pairs = [pairs[int(i)] for i in indices]
+    return pairs

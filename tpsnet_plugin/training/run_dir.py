@@ -7,6 +7,7 @@ A training process launched by ``accelerate launch`` also stops when its launche
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -15,15 +16,20 @@ import threading
 import time
 from pathlib import Path
 
+from ..errors import TPSNetError
+from ..utils.io import atomic_write_text
+
+# Written first into every run's output dir: a folder is a run of this package only if it holds it.
+RUN_MARKER = "tpsnet_run.json"
 # What a run writes into its output dir; --overwrite removes exactly these.
 RUN_ARTIFACTS = (
-    "checkpoints", "model", "logs", "summary.json", "metrics.jsonl", "clustering.jsonl", "config.yaml",
+    RUN_MARKER, "checkpoints", "model", "logs", "summary.json", "metrics.jsonl", "clustering.jsonl", "config.yaml",
     "retrieval_cache", "tsne.png",
 )
 LOCK_FILE = ".lock"
 
 
-class OutputDirError(FileExistsError):
+class OutputDirError(TPSNetError, FileExistsError):
     """The output dir holds another run, or is being written by another process."""
 
 
@@ -31,11 +37,34 @@ class TrainingInterrupted(KeyboardInterrupt):
     """The process was asked to stop (SIGTERM/SIGINT, or its launcher went away)."""
 
 
+_stop_reason: str | None = None  # set when a stop signal arrived (see stop_on_signals)
+
+
+def stop_requested() -> str | None:
+    """Why the process was asked to stop (``"stopped by SIGTERM"``), or None."""
+    return _stop_reason
+
+
 def run_artifacts(output_dir: Path) -> list[Path]:
     """The files and folders of a previous run found in ``output_dir``."""
     output_dir = Path(output_dir)
     found = [output_dir / name for name in RUN_ARTIFACTS if (output_dir / name).exists()]
     return found + sorted(output_dir.glob("retrieval_*.png"))
+
+
+def is_tpsnet_run(output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds a run of this package: its marker, or (runs written before the
+    marker existed) a complete checkpoint."""
+    output_dir = Path(output_dir)
+    return (output_dir / RUN_MARKER).is_file() or any((output_dir / "checkpoints").glob("*/checkpoint.json"))
+
+
+def write_run_marker(output_dir: Path) -> None:
+    """Mark ``output_dir`` as a run of this package (before any other run file is written)."""
+    from .. import __version__  # the package imports this module
+
+    marker = {"written_by": "tpsnet_plugin", "version": __version__}
+    atomic_write_text(Path(output_dir) / RUN_MARKER, json.dumps(marker))
 
 
 def check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -47,7 +76,9 @@ def check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
         overwrite: Replace the run found there (``--overwrite``); removes only run artifacts.
 
     Raises:
-        OutputDirError: A previous run is there and neither flag was given.
+        OutputDirError: A previous run is there and neither flag was given, or the folder holds
+            files with a run's names (``config.yaml``, ``logs``, ...) that no run of this package
+            wrote (even with ``overwrite``: only a run of ours is ever replaced).
         FileNotFoundError: ``resume`` on a folder that does not exist.
         ValueError: Both ``resume`` and ``overwrite``.
     """
@@ -62,11 +93,30 @@ def check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
             )
         return
     found = run_artifacts(output_dir)
+    names = ", ".join(p.name for p in found)
+    if found and not is_tpsnet_run(output_dir):
+        raise OutputDirError(
+            f"{output_dir} holds {names}, which no tpsnet_plugin run wrote (there is no {RUN_MARKER}); nothing there "
+            "is replaced, not even with --overwrite. Choose another --output-dir (e.g. a new subfolder)."
+        )
     if found and not overwrite:
-        names = ", ".join(p.name for p in found)
         raise OutputDirError(
             f"{output_dir} already holds a run ({names}). Continue it with --resume, replace it with --overwrite, "
             "or choose another --output-dir."
+        )
+
+
+def check_output_dir_outside(output_dir: Path, data_root: str | os.PathLike) -> None:
+    """Refuse an output dir inside the dataset: its run folders would be read as domains or classes.
+
+    Raises:
+        OutputDirError: ``output_dir`` is ``data_root`` or inside it.
+    """
+    output, root = Path(output_dir).resolve(), Path(data_root).resolve()
+    if output == root or root in output.parents:
+        raise OutputDirError(
+            f"--output-dir {output_dir} is inside the dataset root {data_root}: the run's folders would be read as a "
+            "domain or a class by later runs. Choose an --output-dir outside the dataset."
         )
 
 
@@ -135,7 +185,13 @@ def stop_on_signals() -> None:
         return
 
     def interrupt(signum, frame):
-        raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name}")
+        global _stop_reason
+        _stop_reason = f"stopped by {signal.Signals(signum).name}"
+        if hasattr(signal, "SIGCHLD"):
+            # DataLoader workers get the same signal (same process group) and die; torch's SIGCHLD handler
+            # would then raise "worker killed by signal" on top of this stop.
+            signal.signal(signal.SIGCHLD, lambda *_: None)
+        raise TrainingInterrupted(_stop_reason)
 
     signal.signal(signal.SIGTERM, interrupt)
     if not _launched_by_accelerate():

@@ -31,6 +31,15 @@ def resolve_epochs(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
     return max(epochs, math.ceil(min_steps / steps_per_epoch))
 
 
+def announce_epochs(trainer, section: str, configured: int, epochs: int, min_steps: int, steps: int) -> None:
+    """Say how many epochs a stage runs when ``min_steps`` raised ``epochs`` (a large value is seen at once)."""
+    if epochs > configured:
+        trainer.accelerator.print(
+            f"{section}: {epochs} epochs instead of {section}.epochs={configured}, to make {section}.min_steps="
+            f"{min_steps} optimizer steps at {steps} steps per epoch"
+        )
+
+
 def _require_labels(trainer, stage: str) -> None:
     if trainer.state.labels is None:
         raise RuntimeError(f"The {stage} stage needs pseudo-labels: run a ClusteringStage before it")
@@ -84,9 +93,10 @@ class WarmupStage(Stage):
             return
         # full batches only (drop_last), split over the processes
         steps = len(trainer.dataset) // self.batch_size // trainer.accelerator.num_processes
-        self.epochs = resolve_epochs(self.epochs, self.min_steps, steps)
+        configured, self.epochs = self.epochs, resolve_epochs(self.epochs, self.min_steps, steps)
         if trainer.state.epoch >= self.epochs:
             return
+        announce_epochs(trainer, "warmup", configured, self.epochs, self.min_steps, steps)
         trainer.set_learning_rates(self.lr)
         acc = trainer.accelerator
         while trainer.state.epoch < self.epochs:
@@ -96,7 +106,8 @@ class WarmupStage(Stage):
                     f"warmup.batch_size={self.batch_size} leaves no full batch for {len(trainer.dataset)} images on "
                     f"{acc.num_processes} process(es): lower warmup.batch_size"
                 )
-            for step, (images, domains, _) in enumerate(trainer.progress(loader, f"warm-up {trainer.state.epoch + 1}")):
+            batches = trainer.progress(loader, f"warm-up epoch {trainer.state.epoch + 1}/{self.epochs}")
+            for step, (images, domains, _) in enumerate(batches):
                 with acc.accumulate(trainer.stage_model):
                     v1, v2 = trainer.views(images)
                     domains = domains.to(trainer.device)
@@ -158,7 +169,7 @@ class PromptStage(Stage):
         loss_fn = PromptContrastiveLoss(logit_scale=learner.logit_scale)
         optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=self.lr)
         generator = torch.Generator().manual_seed(int(trainer.config["seed"]))
-        for epoch in trainer.progress(range(self.epochs), "stage 1 (prompts)"):
+        for epoch in trainer.progress(range(self.epochs), "prompts (epochs)"):
             combined = encode_domain_labels(domains, labels, trainer.num_clusters)
             self.train_epoch(learner, loss_fn, optimizer, clip_features, combined, generator, trainer.check_finite)
             if self.repair_every and (epoch + 1) % self.repair_every == 0:
@@ -236,11 +247,20 @@ class SynergyStage(Stage):
         self.hooks = list(hooks)
         self.epoch_losses: dict[str, float] = {}
 
+    def steps_per_epoch(self, num_images: int, num_processes: int) -> int:
+        """Optimizer steps of one epoch: the sampler covers every image once, about N / (batch × processes)."""
+        return math.ceil(num_images / (self.batch_size * num_processes))
+
+    def planned_epochs(self, num_images: int, num_processes: int) -> int:
+        """The epochs the stage runs: ``epochs``, or more to reach ``min_steps``."""
+        return resolve_epochs(self.epochs, self.min_steps, self.steps_per_epoch(num_images, num_processes))
+
     def run(self, trainer) -> None:
         _require_labels(trainer, self.name)
-        # The sampler covers every image once per epoch: about N / (batch × processes) steps.
-        steps = math.ceil(len(trainer.dataset) / (self.batch_size * trainer.accelerator.num_processes))
-        self.epochs = resolve_epochs(self.epochs, self.min_steps, steps)
+        steps = self.steps_per_epoch(len(trainer.dataset), trainer.accelerator.num_processes)
+        configured, self.epochs = self.epochs, resolve_epochs(self.epochs, self.min_steps, steps)
+        if trainer.state.epoch < self.epochs:
+            announce_epochs(trainer, "synergy", configured, self.epochs, self.min_steps, steps)
         state = trainer.state
         if state.epoch == 0:
             trainer.init_prototypes(trainer.embed())
@@ -273,7 +293,7 @@ class SynergyStage(Stage):
         loader = DataLoader(trainer.train_dataset(), batch_sampler=sampler, num_workers=trainer.num_workers)
         totals: dict[str, float] = {}
         steps = 0
-        batches = trainer.progress(loader, f"stage 2 epoch {trainer.state.epoch + 1}")
+        batches = trainer.progress(loader, f"synergy epoch {trainer.state.epoch + 1}/{self.epochs}")
         for step, (images, domains, index) in enumerate(batches):
             if max_steps is not None and step == max_steps:
                 break

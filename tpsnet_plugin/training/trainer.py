@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from .. import _torchvision_compat  # noqa: F401
 from ..clustering import ClusterPseudoLabeler, cluster_centroids, confident_mask, faiss_gpu_available
+from ..errors import TPSNetError
 from ..evaluation import evaluate_domains, mean_metrics, relabel_precision
 from ..evaluation.baseline import raw_pixel_features
 from ..models import TPSNet, create_tpsnet
@@ -41,7 +42,7 @@ from .checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
-from .config import default_config, flatten_config, merge_config, validate_config
+from .config import ConfigError, default_config, flatten_config, merge_config, validate_config
 from .data import (
     build_dataset,
     cache_images,
@@ -55,14 +56,26 @@ from .data import (
 from .hooks import CheckpointHook, EvaluationHook, LoggingHook, ReclusterHook
 from .progress import progress
 from .reporting import build_summary, export_model, write_records, write_summary
-from .run_dir import OutputDirLock, check_output_dir, remove_run_artifacts
+from .run_dir import (
+    OutputDirLock,
+    TrainingInterrupted,
+    check_output_dir,
+    check_output_dir_outside,
+    remove_run_artifacts,
+    stop_requested,
+    write_run_marker,
+)
 from .setup import build_accelerator, build_losses, build_optimizer, phase_compile_mode
 from .stages import ClusteringStage, PromptStage, Stage, SynergyStage, WarmupStage
 from .state import STAGE_ORDER, PromptContext, TrainingState
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TPSNetError, RuntimeError):
     """A loss term became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+# The learning-rate options of each stage, named when its loss turns NaN.
+LEARNING_RATE_KEYS = {"warmup": ("warmup.lr",), "prompts": ("prompts.lr",)}
 
 
 class StageModel(nn.Module):
@@ -96,6 +109,8 @@ class TPSNetTrainer:
         self.config = cfg = merge_config(default_config(), config or {})
         validate_config(cfg)
         self.output_dir = Path(cfg["output_dir"])
+        if cfg["data"]["dataset"] == "folder" and cfg["data"]["root"]:
+            check_output_dir_outside(self.output_dir, cfg["data"]["root"])
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.accelerator = accelerator or build_accelerator(cfg["accelerate"], self.output_dir)
         self.device = self.accelerator.device
@@ -125,6 +140,11 @@ class TPSNetTrainer:
                 self.warmup_batch_size, len(self.dataset), self.accelerator.num_processes
             )
             self.setup_warnings += [note] if note else []
+        self.synergy_batch_size, note = fit_batch_to_dataset(
+            int(cfg["synergy"]["batch_size"]), len(self.dataset), key="synergy.batch_size",
+            multiple_of=int(cfg["synergy"]["m_per_cluster"]),
+        )  # every process draws its batches from all images
+        self.setup_warnings += [note] if note else []
         self.images = (
             cache_images(self.dataset, self.num_workers, show_progress=self.accelerator.is_local_main_process)
             if cfg["data"]["cache_in_memory"] else None
@@ -207,7 +227,7 @@ class TPSNetTrainer:
         stages: list[Stage] = [warmup, ClusteringStage()]
         if self.prompt_learner is not None:
             stages.append(PromptStage.from_config(cfg["prompts"]))
-        stages.append(SynergyStage(s2["epochs"], s2["batch_size"], s2["m_per_cluster"], hooks=hooks,
+        stages.append(SynergyStage(s2["epochs"], self.synergy_batch_size, s2["m_per_cluster"], hooks=hooks,
                                    min_steps=s2["min_steps"]))
         return stages
 
@@ -235,6 +255,7 @@ class TPSNetTrainer:
                 if overwrite:
                     remove_run_artifacts(self.output_dir)
                 self.output_dir.mkdir(parents=True, exist_ok=True)
+                write_run_marker(self.output_dir)
                 atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
             acc.wait_for_everyone()
             acc.init_trackers("tpsnet", config={  # trackers take scalars only
@@ -242,9 +263,24 @@ class TPSNetTrainer:
                 for key, value in flatten_config(self.config, sep="/").items()
             })
             return self._run_stages()
+        except KeyboardInterrupt as stop:
+            raise TrainingInterrupted(self.stop_message(str(stop) or "interrupted")) from None
+        except RuntimeError:
+            if stop_requested():  # a DataLoader worker killed by the same signal
+                raise TrainingInterrupted(self.stop_message(stop_requested())) from None
+            raise
         finally:
             if lock is not None:
                 lock.release()
+
+    def stop_message(self, reason: str) -> str:
+        """What a stopped run tells its user: what is kept and the command that continues (or restarts) it."""
+        latest = latest_checkpoint(self.checkpoint_dir)
+        if latest is None:
+            return (f"{reason} before the first checkpoint (written after the warm-up): nothing can be resumed; "
+                    f"start again with --overwrite --output-dir {self.output_dir}")
+        return (f"{reason}; the last complete checkpoint ({latest.name}) is kept: continue with --resume "
+                f"--output-dir {self.output_dir}")
 
     def _run_stages(self) -> dict[str, Any]:
         acc = self.accelerator
@@ -579,14 +615,20 @@ class TPSNetTrainer:
             group["lr"] = lr if lr is not None else s2["lr_backbone" if group["name"] == "backbone" else "lr_head"]
 
     def check_finite(self, terms: Mapping[str, torch.Tensor], step: int) -> None:
-        """Raise :class:`NonFiniteLossError` naming the term, stage, epoch and step of a NaN/inf loss."""
+        """Raise :class:`NonFiniteLossError` naming the term, stage, epoch and step of a NaN/inf loss,
+        the stage's learning-rate option and how to continue."""
         for name, value in terms.items():
             if not torch.isfinite(value).all():
+                stage = self.state.stage
+                rates = LEARNING_RATE_KEYS.get(stage, ("synergy.lr_backbone", "synergy.lr_head"))
                 latest = latest_checkpoint(self.checkpoint_dir)
+                if stage == "synergy" and latest is not None:  # its learning rates may change on resume
+                    then = f"The last good checkpoint ({latest.name}) is kept: continue with --resume."
+                else:
+                    then = f"Start again with --overwrite ({' and '.join(rates)} cannot change on resume)."
                 raise NonFiniteLossError(
-                    f"Loss term '{name}' is {value.item()} in stage '{self.state.stage}', epoch {self.state.epoch}, "
-                    f"step {step}. The last good checkpoint ({latest or 'none yet'}) is kept: lower the learning "
-                    "rates, disable mixed precision, then run again with --resume."
+                    f"Loss term '{name}' is {value.item()} in stage '{stage}', epoch {self.state.epoch}, step {step}. "
+                    f"Lower {' and '.join(rates)} (or disable mixed precision). {then}"
                 )
 
     # ------------------------------------------------------------------ checkpoints
@@ -615,7 +657,14 @@ class TPSNetTrainer:
                 f"--resume: no complete checkpoint in {self.checkpoint_dir} (a run writes its first one after the "
                 "warm-up). Start the run again with --overwrite, or without --resume in a new --output-dir."
             )
-        check_resume_compatible(read_checkpoint_meta(folder), self.config, dataset_fingerprint(self.dataset))
+        meta = read_checkpoint_meta(folder)
+        check_resume_compatible(meta, self.config, dataset_fingerprint(self.dataset))
+        planned = self.stages[-1].planned_epochs(len(self.dataset), self.accelerator.num_processes)
+        if meta.get("stage") in ("synergy", "done") and int(meta.get("epoch", 0)) > planned:
+            raise ConfigError(
+                f"--resume: the checkpoint {folder.name} is at synergy epoch {meta['epoch']}, past the {planned} "
+                f"epochs synergy.epochs={self.config['synergy']['epochs']} asks for: give synergy.epochs >= "
+                f"{meta['epoch']} to train on, or use the run's exported model as it is")
         load_checkpoint(self.accelerator, folder)
         self.set_learning_rates()
         self.accelerator.print(f"resumed from {folder} (stage {self.state.stage}, epoch {self.state.epoch})")

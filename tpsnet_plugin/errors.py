@@ -1,0 +1,47 @@
+"""The base of the errors a user can fix: the command-line tools print them as one line.
+
+Every such error of the package derives from :class:`TPSNetError` as well as from the built-in
+type it always had (``ValueError``, ``RuntimeError``, ``OSError``), so code that caught the
+built-in type keeps working.
+"""
+
+from __future__ import annotations
+
+
+class TPSNetError(Exception):
+    """An error in the user's input, files or environment, with a message naming the fix.
+
+    Attributes:
+        option: The config option whose value caused the error (e.g. ``"model.clip_pretrained"``),
+            when there is one; the command line then says where that value was set.
+    """
+
+    option: str | None = None
+
+    def __init__(self, *args, option: str | None = None) -> None:
+        super().__init__(*args)
+        if option is not None:
+            self.option = option
+
+
+class WeightsFileError(TPSNetError, ValueError, RuntimeError):
+    """A weights file that cannot be loaded safely: damaged, of another model, or holding pickled code.
+
+    Both a ``ValueError`` and a ``RuntimeError``: the CLIP loader raised the first, the backbone loader the second.
+    """
+
+
+class WeightsDownloadError(TPSNetError, RuntimeError):
+    """Pretrained weights named by a tag could not be fetched (no network, or offline mode)."""
+
+
+def describe_unsafe_pickle(error: BaseException) -> str | None:
+    """For torch's ``weights_only`` refusal, the globals the file asked for (e.g. ``posix.system``); else None."""
+    text = str(error)
+    if "weights_only" not in text and "Weights only load failed" not in text:
+        return None
+    for marker in ("Unsupported globals:", "Unsupported global:", "GLOBAL "):
+        if marker in text:
+            found = text.split(marker, 1)[1].strip().split()
+            return found[0].rstrip(".,") if found else "code"
+    return "code"
