@@ -1,16 +1,24 @@
 """The retrieval CLI: a trained run's model, a gallery folder, a query image."""
 
+import copy
+import errno
+import io
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from tpsnet_plugin import retrieve
-from tpsnet_plugin.data import load_domain
+from tpsnet_plugin.data import DomainImageFolder, default_transform, load_domain
+from tpsnet_plugin.errors import WeightsFileError
+from tpsnet_plugin.models import create_tpsnet
 from tpsnet_plugin.training import TPSNetTrainer, load_config
+from tpsnet_plugin.training.config import ConfigError
 
 from .training.test_trainer import REPO, TINY
 
@@ -172,3 +180,167 @@ def test_damaged_weights_are_named_and_the_command_prints_one_line(run_copy, gal
     status = retrieve.cli(["--checkpoint", str(run_copy), "--gallery", str(gallery), "--query", str(query)])
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("retrieve: error: ") and "Traceback" not in err
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    """The command's exit status and its stderr, checked to hold no traceback."""
+    status = retrieve.cli(args)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return status, err
+
+
+def test_sideways_phone_photos_are_used_upright(run_copy, gallery, tmp_path):
+    """A query stored turned left with EXIF orientation 6 finds its upright original at score 1."""
+    original = sorted(gallery.iterdir())[3]
+    pixels = np.asarray(Image.open(original))
+    sideways = tmp_path / "phone.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to show"
+    Image.fromarray(np.rot90(pixels, 1).copy()).save(sideways, exif=exif)
+    transform = default_transform(28)
+    assert retrieve._load(sideways, transform).equal(retrieve._load(original, transform))
+    results = retrieve.main(["--checkpoint", str(run_copy), "--gallery", str(gallery), "--query", str(sideways)])
+    best = results[0]["results"][0]
+    assert best["path"] == str(original) and best["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_hidden_and_appledouble_files_are_skipped_like_training(run_copy, gallery, capsys):
+    """``._x.png`` resource forks, ``.DS_Store`` and hidden folders: skipped by the training walk's rule."""
+    names = sorted(p.name for p in gallery.iterdir())
+    (gallery / f"._{names[0]}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(40))
+    (gallery / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
+    (gallery / ".thumbnails").mkdir()
+    shutil.copy(gallery / names[0], gallery / ".thumbnails" / names[0])  # a readable image, still hidden
+    listed = retrieve.list_images(gallery)
+    assert [p.name for p in listed] == names
+    # The same files as a training domain folder holding the gallery as its one class.
+    shutil.copytree(gallery, gallery.parent / "root" / "domain" / "cls")
+    training = DomainImageFolder(gallery.parent / "root", "domain")
+    assert sorted(Path(path).name for path, _ in training.samples) == names
+    status, err = run_cli(["--checkpoint", str(run_copy), "--gallery", str(gallery),
+                           "--query", str(gallery / names[0]), "--topk", "3"], capsys)
+    assert status == 0 and err == ""
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not an npy file", "other shape"])
+def test_damaged_cache_is_named_in_a_warning_and_rebuilt(run_copy, gallery, gallery_embed_calls, capsys, damage):
+    query = sorted(gallery.iterdir())[0]
+    args = ["--checkpoint", str(run_copy), "--gallery", str(gallery), "--query", str(query)]
+    first = retrieve.main(args)
+    (cache,) = cache_files(run_copy)
+    good = cache.read_bytes()
+    cache.write_bytes({
+        "truncated": good[:len(good) // 2],
+        "empty": b"",
+        "not an npy file": b"<html>proxy error</html>",
+        "other shape": _npy_bytes(np.ones((3, 4), dtype=np.float32)),
+    }[damage])
+    with pytest.warns(UserWarning, match=f"the retrieval cache {cache} is damaged .*; rebuilding it"):
+        assert retrieve.main(args) == first
+    assert cache.read_bytes() == good and gallery_embed_calls == [GALLERY_SIZE] * 2
+    # From the command line: one warning line naming the file, then the results.
+    cache.write_bytes(good[:100])
+    status, err = run_cli(args, capsys)
+    assert status == 0 and err.count("\n") == 1
+    assert err.startswith(f"retrieve: warning: the retrieval cache {cache} is damaged")
+    assert cache.read_bytes() == good
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def read_only_run(run_copy, monkeypatch):
+    """The run folder made read-only (a shared model store): chmod a-w, and where that does not
+    stop writes (root), writes under it fail as on a read-only mount."""
+    paths = [run_copy, *run_copy.rglob("*")]
+    modes = {path: path.stat().st_mode for path in paths}
+    for path in paths:
+        path.chmod(modes[path] & ~0o222)
+    if os.access(run_copy, os.W_OK):
+        save = retrieve.atomic_save_numpy
+
+        def refuse(path, array):
+            if Path(path).is_relative_to(run_copy):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            save(path, array)
+
+        monkeypatch.setattr(retrieve, "atomic_save_numpy", refuse)
+    yield run_copy
+    for path in reversed(paths):
+        path.chmod(modes[path])
+
+
+def test_read_only_run_folder_caches_in_the_user_cache(read_only_run, gallery, gallery_embed_calls, tmp_path,
+                                                        monkeypatch, capsys):
+    monkeypatch.setenv("TPSNET_CACHE", str(tmp_path / "user cache"))
+    user = tmp_path / "user cache" / "retrieval"
+    query = sorted(gallery.iterdir())[0]
+    args = ["--checkpoint", str(read_only_run), "--gallery", str(gallery), "--query", str(query)]
+    status, err = run_cli(args, capsys)
+    assert status == 0 and err.count("\n") == 1
+    assert err.startswith(f"retrieve: warning: cannot write the retrieval cache to {read_only_run / 'retrieval_cache'}")
+    assert err.rstrip().endswith(f"cached in {user} instead")
+    assert len(list(user.glob("*.npy"))) == 1 and not cache_files(read_only_run)
+    # The next call reads the user cache: no warning, the gallery is not embedded again.
+    assert run_cli(args, capsys) == (0, "") and gallery_embed_calls == [GALLERY_SIZE]
+    # Neither folder writable (TPSNET_CACHE names a file): no cache, one warning, still answered.
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("TPSNET_CACHE", str(tmp_path / "a file"))
+    status, err = run_cli(args, capsys)
+    assert status == 0 and err.count("\n") == 1 and "the gallery is not cached" in err
+    assert gallery_embed_calls == [GALLERY_SIZE] * 2
+
+
+def _other_model_weights(run, **changes) -> None:
+    """Replace the run's weights by those of another architecture (the config and meta stay)."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    model_config = {**copy.deepcopy(config["model"]), **changes.get("model", {})}
+    model = create_tpsnet(model_config, changes.get("embed_dim", 64), 2, 10, pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("changes, detail", [
+    ({"model": {"rgb_kwargs": {"widths": [8, 16, 16, 64]}}}, "tensor shapes differ"),
+    ({"embed_dim": 32}, r"text_features is \[2, 10, 32\] in the file"),
+    ({"model": {"phase_prior": False}}, "tensors missing"),
+])
+def test_weights_of_another_architecture_are_one_clear_error(run_copy, gallery, capsys, changes, detail):
+    _other_model_weights(run_copy, **changes)
+    weights = run_copy / "model" / "model.safetensors"
+    with pytest.raises(WeightsFileError, match=detail):
+        retrieve.load_trained_model(run_copy)
+    status, err = run_cli(["--checkpoint", str(run_copy), "--gallery", str(gallery),
+                           "--query", str(next(gallery.iterdir()))], capsys)
+    assert status == 2 and err.count("\n") == 1
+    assert err.startswith(f"retrieve: error: {weights} holds the weights of another model")
+    assert "use the model/ folder and config.yaml of one run" in err
+
+
+@pytest.mark.parametrize("name, content, error, problem", [
+    ("config.yaml", "model: [unclosed\n", ConfigError, "is not valid YAML"),
+    ("config.yaml", "", ConfigError, "has no model and data sections"),
+    ("config.yaml", "- a list\n", ConfigError, "must hold a mapping"),
+    ("config.yaml", b"model: caf\xe9\n", ConfigError, "is not UTF-8"),
+    ("config.yaml", "model: {rgb_backbone: no_such_net}\ndata: {image_size: 16}\n", ConfigError,
+     "does not describe a model"),
+    ("model/model_meta.json", '{"embed_dim": 64', WeightsFileError, "is damaged"),
+    ("model/model_meta.json", '{"embed_dim": "64", "num_domains": 2, "num_clusters": 10}', WeightsFileError,
+     "positive integers"),
+])
+def test_a_damaged_run_config_or_meta_is_one_line_naming_it(run_copy, gallery, capsys, name, content, error, problem):
+    path = run_copy / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(error, match=problem):
+        retrieve.load_trained_model(run_copy)
+    status, err = run_cli(["--checkpoint", str(run_copy), "--gallery", str(gallery),
+                           "--query", str(next(gallery.iterdir()))], capsys)
+    assert status == 2 and err.count("\n") == 1 and err.startswith("retrieve: error: ")
+    assert str(path) in err

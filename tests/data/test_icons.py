@@ -288,7 +288,10 @@ def test_default_cache_dir_follows_tpsnet_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("TPSNET_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path / "icons"
     monkeypatch.delenv("TPSNET_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert default_cache_dir() == Path("~/.cache/tpsnet_plugin/icons").expanduser()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "tpsnet_plugin" / "icons"
 
 
 def test_svg_size_reads_width_height_or_viewbox(builder, tmp_path):

@@ -182,3 +182,54 @@ def test_folder_dataset_nan_float_image_raises_or_is_skipped(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
         skipping = DomainImageFolder(tmp_path, "dom", on_error="skip")
     assert skipping.skipped == [str(bad)] and len(skipping) == 3
+
+
+# How the stored pixels are turned to be shown, for each EXIF orientation (tag 274), written out
+# from the EXIF specification's "0th row / 0th column" table, without PIL.
+UPRIGHT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # turned 180 degrees
+    4: lambda a: a[::-1],  # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, *range(2, a.ndim)),  # mirrored along the main diagonal
+    6: lambda a: np.rot90(a, -1),  # stored turned left: turn 90 degrees clockwise
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, *range(2, a.ndim)),  # mirrored along the anti-diagonal
+    8: lambda a: np.rot90(a, 1),  # stored turned right: turn 90 degrees counter-clockwise
+}
+
+
+def with_orientation(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+@pytest.mark.parametrize("suffix", ["png", "tif"])
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+def test_exif_orientation_is_applied(tmp_path, orientation, suffix):
+    pixels = RNG.integers(0, 256, (3, 5, 3), dtype=np.uint8)  # not square, no symmetry
+    path = tmp_path / f"photo.{suffix}"
+    Image.fromarray(pixels).save(path, exif=with_orientation(orientation))
+    assert Image.open(path).getexif()[0x0112] == orientation
+    assert np.array_equal(rgb_of(load_rgb(path)), UPRIGHT[orientation](pixels))
+    # A 16-bit PNG is turned too, then scaled by its range. (Not a 16-bit TIFF: Pillow turns
+    # TIFFs itself while decoding and garbles 16-bit ones with an orientation tag.)
+    depth = tmp_path / "depth.png"
+    Image.fromarray(U16[:3, :5]).save(depth, exif=with_orientation(orientation))
+    assert np.array_equal(rgb_of(load_rgb(depth)), UPRIGHT[orientation](gray_expected(U16[:3, :5] / 257)))
+
+
+def test_sideways_phone_jpeg_is_used_upright_by_the_folder_dataset(tmp_path):
+    """A JPEG stored sideways with orientation 6: training (dataset + transform) sees it upright."""
+    rows, cols = np.mgrid[0:16, 0:24]
+    pixels = np.stack([rows * 15, cols * 10, (rows + cols) * 6], axis=-1).astype(np.uint8)
+    folder = tmp_path / "dom" / "cls"
+    folder.mkdir(parents=True)
+    Image.fromarray(pixels).save(folder / "plain.jpg", quality=95)
+    Image.fromarray(pixels).save(folder / "sideways.jpg", quality=95, exif=with_orientation(6))
+    plain, sideways = rgb_of(load_rgb(folder / "plain.jpg")), rgb_of(load_rgb(folder / "sideways.jpg"))
+    assert plain.shape == (16, 24, 3) and sideways.shape == (24, 16, 3)
+    assert np.array_equal(sideways, UPRIGHT[6](plain))  # same encoded pixels, turned
+    ds = DomainImageFolder(tmp_path, "dom", image_size=(24, 16))  # the upright size: no resampling
+    loaded = {Path(path).name: ds[i][0] for i, (path, _) in enumerate(ds.samples)}
+    assert torch.equal(loaded["sideways.jpg"], torch.from_numpy(sideways.copy()).permute(2, 0, 1).float() / 255)

@@ -310,3 +310,24 @@ def test_a_nan_warm_up_loss_names_warmup_lr_and_no_resume(tmp_path, monkeypatch)
     message = str(error.value)
     assert "stage 'warmup'" in message and "Lower warmup.lr" in message
     assert "--overwrite" in message and "--resume" not in message
+
+
+@pytest.mark.slow
+def test_a_stop_signal_with_dataloader_workers_is_one_line_saying_how_to_continue(tmp_path):
+    # `timeout` sends SIGTERM to the whole process group: the DataLoader workers die of it too, and torch
+    # used to add a "worker killed by signal" traceback after the stop.
+    process = run_cli(tmp_path, "data.num_workers=2", "synergy.epochs=1000", "eval.every=0",
+                      start_new_session=True)
+    checkpoint = tmp_path / "run" / "checkpoints" / "synergy-start"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None:
+        assert time.time() < deadline, "the run did not reach its first checkpoint"
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the synergy loop, workers running
+    os.killpg(process.pid, signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "killed by signal" not in output, output[-3000:]
+    stops = [line for line in output.splitlines() if line.startswith("train_ucdir:")]
+    assert len(stops) == 1 and stops[0].startswith("train_ucdir: stopped by SIGTERM; the last complete checkpoint")
+    assert stops[0].endswith(f"continue with --resume --output-dir {tmp_path / 'run'}")

@@ -106,7 +106,7 @@ def _is_file(entry: os.DirEntry) -> bool:
         return False
 
 
-def _find_images(directory: Path, extensions: tuple[str, ...]) -> list[str]:
+def find_images(directory: Path, extensions: tuple[str, ...]) -> list[str]:
     """All image files under ``directory`` (recursively, each real folder once), sorted."""
     return [path for path, _, _ in _Walk(directory, extensions, [directory]).find(directory)]
 
@@ -272,7 +272,7 @@ class DomainImageFolder(Dataset):
         class_names = [e.name for e in _visible_entries(class_root) if e.is_dir()]
         self._items = self._walk_classes(domain_dir, class_root, class_names, extensions)
         if not self._items:
-            loose = _find_images(class_root, extensions) if not class_names else []
+            loose = find_images(class_root, extensions) if not class_names else []
             detail = (
                 f"{len(loose)} images lie directly in it without class folders" if loose else
                 f"found {len(class_names)} class folders and no files ending in "

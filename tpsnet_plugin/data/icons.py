@@ -49,11 +49,13 @@ _SEPARATORS = re.compile(r"[-_.\s]+")
 
 
 def cache_dir(name: str) -> Path:
-    """The folder of a built corpus or fetched data: ``$TPSNET_CACHE/<name>`` when the environment
-    variable ``TPSNET_CACHE`` is set, else ``~/.cache/tpsnet_plugin/<name>``."""
+    """The folder of a built corpus, fetched data or a cache: ``$TPSNET_CACHE/<name>`` when the
+    environment variable ``TPSNET_CACHE`` is set, else ``$XDG_CACHE_HOME/tpsnet_plugin/<name>``
+    (``~/.cache/tpsnet_plugin/<name>`` without ``XDG_CACHE_HOME``)."""
     root = os.environ.get("TPSNET_CACHE")
-    base = Path(root).expanduser() if root else Path("~/.cache/tpsnet_plugin").expanduser()
-    return base / name
+    if root:
+        return Path(root).expanduser() / name
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "tpsnet_plugin" / name
 
 
 def default_cache_dir() -> Path:

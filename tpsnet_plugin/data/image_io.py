@@ -1,5 +1,8 @@
 """The one place image files are decoded: any PIL mode to an 8-bit RGB image, or a clear error.
 
+Images are turned upright by their EXIF orientation first (phone photos are stored sideways with
+a tag saying how to turn them), as a viewer shows them.
+
 PIL's own ``convert("RGB")`` silently ruins images that are not 8 bit: it clips 16-bit values
 to 255 (a 16-bit PNG comes out almost white) and turns float images into black (NaN -> 0, and
 values in [0, 1] round to 0 or 1). :func:`load_rgb` maps them by their range instead:
@@ -21,7 +24,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from ..errors import TPSNetError
 
 # PIL modes whose samples are not 8-bit unsigned integers.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -29,7 +34,7 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _FIX = "convert it to an 8-bit PNG or JPEG"
 
 
-class ImageReadError(OSError):
+class ImageReadError(TPSNetError, OSError):
     """An image file that cannot be read or cannot be mapped to 8-bit RGB; names the file."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -114,13 +119,16 @@ def to_rgb(image: Image.Image, path: str | os.PathLike = "<image>") -> Image.Ima
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Fully decode an image file (so truncated files fail here) and return it as 8-bit RGB.
+    """Fully decode an image file (so truncated files fail here) and return it upright as 8-bit RGB.
+
+    The EXIF orientation tag (JPEG, PNG, TIFF, WebP) is applied, so a phone photo stored sideways
+    comes out as it is shown.
 
     Args:
         path: The image file.
 
     Returns:
-        An RGB PIL image (see the module docstring for how each mode is mapped).
+        An upright RGB PIL image (see the module docstring for how each mode is mapped).
 
     Raises:
         ImageReadError: The file cannot be decoded, or its values cannot be mapped to 8 bit;
@@ -129,7 +137,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            return to_rgb(image, path)
+            return to_rgb(ImageOps.exif_transpose(image), path)
     except ImageReadError:
         raise
     except Exception as error:  # any decoder failure (OSError, ValueError, SyntaxError, ...)
