@@ -26,7 +26,13 @@ Per image:
   ``<output-dir>/checkpoint`` (written to a temporary folder, then renamed), and ``--resume``
   continues from it exactly as an uninterrupted run would (model, optimizer, schedule, sampler
   and augmentation streams are all in the checkpoint); the final weights go to
-  ``<output-dir>/model.safetensors`` with a ``train_log.json`` (loss curve, settings, wall time).
+  ``<output-dir>/model.safetensors`` (its metadata: model, corpus, training themes) with a
+  ``train_log.json`` (loss curve, settings, wall time);
+* safe to resume: every file of the checkpoint is read without unpickling anything before
+  Accelerate loads it, and a checkpoint of another run (``--model``, ``--corpus``, corpus content,
+  ``--image-size`` or run length) is refused before loading. User errors (a damaged checkpoint,
+  another run's checkpoint, a batch larger than the corpus's names, ...) print one line
+  ``pretrain_clip: error: ...`` and exit with status 2.
 
 Example::
 
@@ -37,6 +43,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -58,9 +65,11 @@ from open_clip.loss import ClipLoss
 
 from tpsnet_plugin.data.digits import CLASSES as DIGIT_CLASSES
 from tpsnet_plugin.data.digits import DigitsDomain
-from tpsnet_plugin.data.icons import TEMPLATES, cache_dir, default_cache_dir, load_manifest
+from tpsnet_plugin.data.icons import TEMPLATES, IncompleteCorpusError, cache_dir, default_cache_dir, load_manifest
 from tpsnet_plugin.text_prior import TINY_CLIP_MODEL
 from tpsnet_plugin.text_prior.icons_clip import load_images, preprocess
+from tpsnet_plugin.text_prior.packaged_weights import PackagedWeightsError
+from tpsnet_plugin.training.checkpoint import META, CheckpointError, check_weights_file, read_checkpoint_meta
 from tpsnet_plugin.utils.cli import positive_int
 
 CORPORA = ("icons", "digits_disjoint", "artwork")
@@ -153,6 +162,14 @@ class Corpus:
         return cls(torch.cat([p.images for p in parts]), [c for p in parts for c in p.captions],
                    [t for p in parts for t in p.themes], [n for p in parts for n in p.names],
                    torch.cat([p.flippable for p in parts]))
+
+    def fingerprint(self) -> str:
+        """Which images, in which order, with which captions: a checkpoint's sampler state and
+        image indices mean nothing for another corpus (another build, another holdout)."""
+        digest = hashlib.sha256()
+        for theme, name, captions in zip(self.themes, self.names, self.captions):
+            digest.update("\t".join((theme, name, *captions, "\n")).encode())
+        return f"{len(self)} images of {len(set(self.themes))} themes or domains, sha256 {digest.hexdigest()[:12]}"
 
 
 def load_corpus(name: str, image_size: int, icons_dir=None, artwork_dir=None) -> Corpus:
@@ -298,8 +315,19 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def save_checkpoint(accelerator, output_dir: Path) -> None:
-    """save_state into a temporary folder, then swap it in (a crash leaves the old one intact)."""
+class PretrainError(ValueError):
+    """A user error this script finds (a setting that cannot work, another run's checkpoint)."""
+
+
+# Errors that are the user's to fix: one line ``pretrain_clip: error: ...``, exit status 2 (see main).
+USER_ERRORS = (PretrainError, CheckpointError, IncompleteCorpusError, PackagedWeightsError, OSError)
+
+
+def save_checkpoint(accelerator, output_dir: Path, meta: dict | None = None) -> None:
+    """save_state into a temporary folder, then swap it in (a crash leaves the old one intact).
+
+    ``meta`` (the run's :func:`run_facts`) is written as the checkpoint's ``checkpoint.json``.
+    """
     final, tmp, old = output_dir / "checkpoint", output_dir / "checkpoint.tmp", output_dir / "checkpoint.old"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -307,6 +335,8 @@ def save_checkpoint(accelerator, output_dir: Path) -> None:
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if meta is not None:
+            (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
         (tmp / "COMPLETE").write_text("ok\n")
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
@@ -323,8 +353,73 @@ def find_checkpoint(output_dir: Path) -> Path | None:
     return None
 
 
+def run_facts(args: argparse.Namespace, total_steps: int, corpus: Corpus) -> dict:
+    """What a checkpoint must share with the command that resumes it (its ``checkpoint.json``)."""
+    return {"model": args.model, "corpus": args.corpus, "image_size": args.image_size,
+            "total_steps": total_steps, "corpus_content": corpus.fingerprint()}
+
+
+RUN_FACT_NAMES = {"model": "--model", "corpus": "--corpus", "image_size": "--image-size",
+                  "total_steps": "run length in steps (--steps/--epochs, --batch-size)",
+                  "corpus_content": "corpus (--cache-dir/--artwork-dir)"}
+
+
+def check_same_run(checkpoint: Path, facts: dict) -> None:
+    """Refuse a checkpoint of another run, before anything is loaded from it.
+
+    Checkpoints written before they recorded their run (no ``checkpoint.json``) pass; their run
+    length is still checked once loaded.
+
+    Raises:
+        PretrainError: Naming every difference (model, corpus, corpus content, image size, run length).
+        CheckpointError: The checkpoint's ``checkpoint.json`` is unreadable.
+    """
+    if not (checkpoint / META).is_file():
+        return
+    saved = read_checkpoint_meta(checkpoint)
+    differences = [f"{RUN_FACT_NAMES[key]} {saved.get(key)!r} there, {value!r} now"
+                   for key, value in facts.items() if saved.get(key) != value]
+    if differences:
+        raise PretrainError(f"{checkpoint} belongs to another run ({'; '.join(differences)}): resume with the "
+                            "settings and corpus it was made with, or start a new run in another --output-dir")
+
+
+def load_run_checkpoint(accelerator, checkpoint: Path) -> None:
+    """``accelerator.load_state(checkpoint)``, after reading each of its files once without unpickling
+    anything (Accelerate unpickles the registered objects' files in full; it reads the random
+    states weights-only itself, and goes on without them when they cannot be read).
+
+    Raises:
+        CheckpointError: A file is damaged, truncated or holds pickled code (naming it), or the
+            checkpoint does not load into this model (another ``--model``, written by another version).
+    """
+    older = next((c for c in (checkpoint.parent / "checkpoint", checkpoint.parent / "checkpoint.old")
+                  if c != checkpoint and (c / "COMPLETE").is_file()), None)
+    fix = (f"remove the folder {checkpoint} to resume from {older}" if older
+           else f"remove the folder {checkpoint} to start again from step 0")
+    fix += ", or start a new run in another --output-dir"
+    for path in sorted(checkpoint.iterdir()):
+        if path.suffix in (".safetensors", ".bin", ".pkl") and not path.name.startswith("random_states"):
+            check_weights_file(path, fix)
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as error:  # a state dict of another model, or of another version of this script
+        first = (str(error).strip().splitlines() or [""])[0][:160]
+        raise CheckpointError(f"cannot resume from {checkpoint} ({type(error).__name__}: {first}): it was made with "
+                              f"another --model or is damaged; {fix}") from error
+
+
 def main(argv=None) -> int:
+    """Run the script; a user error prints one line ``pretrain_clip: error: ...`` on stderr and returns 2."""
     args = parse_args(argv)
+    try:
+        return train(args)
+    except USER_ERRORS as error:
+        print(f"pretrain_clip: error: {error}", file=sys.stderr)
+        return 2
+
+
+def train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from accelerate import Accelerator
@@ -333,6 +428,9 @@ def main(argv=None) -> int:
     from tqdm.auto import tqdm
 
     output_dir = Path(args.output_dir)
+    if not args.resume and find_checkpoint(output_dir) is not None:
+        raise PretrainError(f"{output_dir} already holds a checkpoint: pass --resume to continue it "
+                            "or use another --output-dir")
     output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator()
     set_seed(args.seed)
@@ -345,13 +443,16 @@ def main(argv=None) -> int:
                       f"{distinct_names} names) loaded in {time.time() - start:.1f} s")
     if args.batch_size > distinct_names:
         # a batch holds one image per name: with fewer names than the batch it could never fill
-        accelerator.print(f"--batch-size {args.batch_size} is larger than the {distinct_names} distinct names "
-                          "of the corpus (a batch holds one image per name): lower --batch-size")
-        return 2
+        raise PretrainError(f"--batch-size {args.batch_size} is larger than the {distinct_names} distinct names "
+                            "of the corpus (a batch holds one image per name): lower --batch-size")
 
     if args.steps is None and args.epochs is None:
         args.steps = 2000
     total_steps = args.steps or max(1, round(args.epochs * len(corpus) / args.batch_size))
+    facts = run_facts(args, total_steps, corpus)
+    checkpoint = find_checkpoint(output_dir) if args.resume else None
+    if checkpoint is not None:
+        check_same_run(checkpoint, facts)
 
     model, _, _ = open_clip.create_model_and_transforms(args.model)
     tokenizer = open_clip.get_tokenizer(args.model)
@@ -369,23 +470,16 @@ def main(argv=None) -> int:
     streams = RandomStreams(args.seed)
     accelerator.register_for_checkpointing(sampler, progress, streams)
 
-    if args.resume:
-        checkpoint = find_checkpoint(output_dir)
-        if checkpoint is None:
-            accelerator.print(f"--resume: no finished checkpoint in {output_dir}, starting from step 0")
-        else:
-            accelerator.load_state(str(checkpoint))
-            if progress.total_steps != total_steps:
-                # the cosine schedule (and the optimizer's current learning rate) follow the run length
-                accelerator.print(f"--resume: {checkpoint} belongs to a run of {progress.total_steps} steps, "
-                                  f"not {total_steps}: resume with the same --steps/--epochs and --batch-size, "
-                                  "or start a new run in another --output-dir")
-                return 2
-            accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
-    elif find_checkpoint(output_dir) is not None:
-        accelerator.print(f"{output_dir} already holds a checkpoint: pass --resume to continue it "
-                          "or use another --output-dir")
-        return 2
+    if args.resume and checkpoint is None:
+        accelerator.print(f"--resume: no finished checkpoint in {output_dir}, starting from step 0")
+    elif checkpoint is not None:
+        load_run_checkpoint(accelerator, checkpoint)
+        if progress.total_steps != total_steps:  # a checkpoint without checkpoint.json (see check_same_run)
+            # the cosine schedule (and the optimizer's current learning rate) follow the run length
+            raise PretrainError(f"--resume: {checkpoint} belongs to a run of {progress.total_steps} steps, "
+                                f"not {total_steps}: resume with the same --steps/--epochs and --batch-size, "
+                                "or start a new run in another --output-dir")
+        accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
 
     loss_fn = ClipLoss(rank=accelerator.process_index, world_size=accelerator.num_processes)
     unwrapped = accelerator.unwrap_model(model)
@@ -425,14 +519,17 @@ def main(argv=None) -> int:
                                   f"{progress.elapsed / progress.step:.3f} s/step", flush=True)
             window = []
         if progress.step % args.save_every == 0 and progress.step < total_steps:
-            save_checkpoint(accelerator, output_dir)
+            save_checkpoint(accelerator, output_dir, facts)
             last = time.time()
     bar.close()
-    save_checkpoint(accelerator, output_dir)
+    save_checkpoint(accelerator, output_dir, facts)
     if accelerator.is_main_process:
         state = {k: v.detach().cpu().contiguous() for k, v in unwrapped.state_dict().items()}
         tmp = output_dir / "model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"model": args.model, "steps": str(progress.step)})
+        # eval_clip.py reads the model (another --model is named) and the training themes (a corpus that
+        # holds one of them out would score seen themes as unseen)
+        save_file(state, str(tmp), metadata={"model": args.model, "steps": str(progress.step), "corpus": args.corpus,
+                                             "train_themes": json.dumps(sorted(set(corpus.themes)))})
         os.replace(tmp, output_dir / "model.safetensors")
         log = {"model": args.model, "settings": vars(args), "total_steps": total_steps,
                "corpus": args.corpus, "train_images": len(corpus),

@@ -7,6 +7,8 @@ built-in type keeps working.
 
 from __future__ import annotations
 
+import re
+
 
 class TPSNetError(Exception):
     """An error in the user's input, files or environment, with a message naming the fix.
@@ -36,12 +38,7 @@ class WeightsDownloadError(TPSNetError, RuntimeError):
 
 
 def describe_unsafe_pickle(error: BaseException) -> str | None:
-    """For torch's ``weights_only`` refusal, the globals the file asked for (e.g. ``posix.system``); else None."""
-    text = str(error)
-    if "weights_only" not in text and "Weights only load failed" not in text:
-        return None
-    for marker in ("Unsupported globals:", "Unsupported global:", "GLOBAL "):
-        if marker in text:
-            found = text.split(marker, 1)[1].strip().split()
-            return found[0].rstrip(".,") if found else "code"
-    return "code"
+    """The Python global a refused pickle asked for (e.g. ``posix.system``), from torch's
+    ``weights_only`` refusal; None for any other error (a damaged file)."""
+    found = re.search(r"(?:GLOBAL |Unsupported globals?: )([\w.]*\w)", str(error))
+    return found.group(1) if found else None

@@ -121,8 +121,10 @@ def test_local_checkpoint_path_loads_weights(tmp_path):
 
 def test_offline_pretrained_tag_explains_local_file(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(RuntimeError, match="pretrained='/path/to/open_clip_pytorch_model.bin'"):
+    with pytest.raises(RuntimeError, match=r"model.clip_pretrained=/path/to/open_clip_pytorch_model.bin") as error:
         DomainPromptLearner("ViT-B-16", pretrained="openai")
+    assert "\n" not in str(error.value)  # one line under the command line's contract
+    assert error.value.option == "model.clip_pretrained"
 
 
 def test_unknown_names_give_close_matches():

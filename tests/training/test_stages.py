@@ -99,3 +99,30 @@ def test_min_steps_in_a_run(tmp_path):
     summary = trainer.fit()
     assert trainer.stages[0].epochs == 4 and trainer.stages[-1].epochs == 2
     assert summary["last_epoch"] == 2
+
+
+def test_min_steps_announces_the_epochs_it_gives():
+    # warmup.min_steps=1e6 on 3 steps per epoch used to multiply the epochs silently
+    printed = []
+
+    class Reached(Exception):
+        pass
+
+    class Trainer:
+        dataset = range(100)
+        accelerator = type("Acc", (), {"num_processes": 1, "print": staticmethod(printed.append)})()
+        state = type("State", (), {"epoch": 0})()
+
+        def set_learning_rates(self, lr=None):
+            raise Reached
+
+    stage = WarmupStage(epochs=2, batch_size=32, lr=0.1, temperature=0.2, within_domain=True, min_steps=1_000_000)
+    with pytest.raises(Reached):
+        stage.run(Trainer())
+    assert stage.epochs == 333_334
+    assert printed == ["warmup: 333334 epochs instead of warmup.epochs=2, to make warmup.min_steps=1000000 "
+                       "optimizer steps at 3 steps per epoch"]
+    printed.clear()
+    with pytest.raises(Reached):
+        WarmupStage(epochs=2, batch_size=32, lr=0.1, temperature=0.2, within_domain=True, min_steps=6).run(Trainer())
+    assert printed == []  # 2 epochs x 3 steps already make 6 steps

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import hashlib
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -11,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..utils.io import file_ends_digest
 from .folder import DomainImageFolder, _preview
 
 CLASS_POLICIES = ("strict", "intersection")
@@ -234,22 +234,6 @@ def _too_few_images(parts: Sequence[DomainImageFolder], classes: Sequence[str]) 
             "every class: are --data-root and --domains the right folders? ")
 
 
-_DIGEST_BYTES = 8192  # bytes read from each end of a file
-
-
-def _file_digest(path: str) -> bytes | None:
-    """Hash of the first and last few KB of a file (the whole file when it is small)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_DIGEST_BYTES)
-            f.seek(0, os.SEEK_END)
-            f.seek(max(f.tell() - _DIGEST_BYTES, len(head)))
-            tail = f.read(_DIGEST_BYTES)
-    except OSError:
-        return None
-    return hashlib.blake2b(head + b"|" + tail, digest_size=16).digest()
-
-
 def _all_same_content(paths: Sequence[str]) -> bool:
     """Whether two or more files all have the same size and the same head and tail bytes.
 
@@ -266,5 +250,5 @@ def _all_same_content(paths: Sequence[str]) -> bool:
                 return False
     except OSError:
         return False
-    first = _file_digest(paths[0])
-    return first is not None and all(_file_digest(path) == first for path in paths[1:])
+    first = file_ends_digest(paths[0])
+    return first is not None and all(file_ends_digest(path) == first for path in paths[1:])

@@ -14,6 +14,8 @@ import copy
 import errno
 import json
 import os
+import pickle
+import pickletools
 import shutil
 import warnings
 from collections.abc import Callable, Mapping
@@ -23,8 +25,9 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
+from safetensors.torch import load_file as load_safetensors
 
-from ..errors import TPSNetError
+from ..errors import TPSNetError, describe_unsafe_pickle
 from ..utils.io import atomic_write_text
 from .config import ConfigError, default_config, flatten_config, validate_config
 
@@ -228,6 +231,56 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def check_weights_file(path, fix: str) -> None:
+    """Read ``path`` once without unpickling anything: safetensors, or ``torch.load(weights_only=True)``.
+
+    Args:
+        path: A weights or state file.
+        fix: What the user should do, appended to the message.
+
+    Raises:
+        CheckpointError: The file is missing, damaged or truncated, or holds pickled Python code
+            (objects) instead of plain tensors; the message names the file and ``fix``, never
+            torch's advice to load it with ``weights_only=False``.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            load_safetensors(str(path))
+        else:
+            torch.load(path, map_location="cpu", weights_only=True)
+        return
+    except FileNotFoundError:
+        what = "missing"
+    except pickle.UnpicklingError as error:
+        code = describe_unsafe_pickle(error) or _pickled_global(path)
+        if code is not None:  # the weights-only unpickler met a reference to Python code before running anything
+            raise CheckpointError(f"{path} holds pickled Python code ({code}), not plain weights: it was not "
+                                  f"loaded (nothing is unpickled); {fix}") from None
+        what = "damaged: not a tensor file"
+    except Exception as error:  # SafetensorError, EOFError, OSError, RuntimeError (a damaged zip), ...
+        first = (str(error).strip().splitlines() or [""])[0][:160]
+        what = f"damaged or truncated ({type(error).__name__}: {first})"
+    raise CheckpointError(f"{path} is {what}; {fix}")
+
+
+def _pickled_global(path: Path) -> str | None:
+    """The first Python global a plain pickle file names, read from its opcodes (nothing runs); else None."""
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as file:
+            for opcode, argument, _ in pickletools.genops(file):
+                if opcode.name == "GLOBAL":
+                    return str(argument).replace(" ", ".")
+                if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    return f"{strings[-2]}.{strings[-1]}"
+                if isinstance(argument, str):
+                    strings.append(argument)
+    except Exception:  # noqa: BLE001 - not a readable pickle: damaged, which the caller reports
+        return None
+    return None
+
+
 def load_checkpoint(accelerator: Accelerator, folder: Path) -> dict[str, Any]:
     """Restore every registered state from ``folder``; returns the checkpoint's meta dict.
 
@@ -238,13 +291,7 @@ def load_checkpoint(accelerator: Accelerator, folder: Path) -> dict[str, Any]:
     folder = Path(folder)
     meta = read_checkpoint_meta(folder)
     for path in sorted(folder.glob("custom_checkpoint_*.pkl")):
-        try:
-            torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise CheckpointError(
-                f"{path} is damaged or not a plain tensor file (refusing to unpickle it): {error}. "
-                "Remove the checkpoint folder to resume from the one before it, or start a new run."
-            ) from error
+        check_weights_file(path, "remove the checkpoint folder to resume from the one before it, or start a new run")
     random_states = folder / f"random_states_{accelerator.process_index}.pkl"
     try:
         accelerate_load(random_states, map_location="cpu")

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ..data import DigitsDomain, DomainSubset, MultiDomainDataset, build_folder_domains, default_transform, load_domain
 from ..data.digits import warn_shared_instances
 from ..data.icons import caption_from_name
+from ..utils.io import file_ends_digest
 from .progress import progress
 
 
@@ -200,18 +201,14 @@ class _NoLabelView(Dataset):
         return image, domain, index
 
 
-# Bytes read from each end of an image file for the content fingerprint.
-FINGERPRINT_BYTES = 4096
-
-
 def dataset_fingerprint(dataset: MultiDomainDataset) -> dict[str, Any]:
     """What identifies a dataset for resuming: domains, classes, sizes and hashes of its content.
 
     ``content_sha256`` covers every image's label and domain and, for folder data, every file's
-    path relative to its domain folder. ``files_sha256`` covers each file's size and its first
-    and last ``FINGERPRINT_BYTES`` bytes: an image replaced under the same name changes it, while
-    the same files moved or copied elsewhere (another ``data.root``) keep it. Neither hash
-    depends on where the dataset lies.
+    path relative to its domain folder. ``files_sha256`` covers each file's size and a hash of
+    its first and last 8 KB (:func:`~tpsnet_plugin.utils.io.file_ends_digest`): an image
+    replaced under the same name changes it, while the same files moved or copied elsewhere
+    (another ``data.root``) keep it. Neither hash depends on where the dataset lies.
     """
     digest, files = hashlib.sha256(), hashlib.sha256()
     digest.update(np.asarray(dataset.labels, dtype=np.int64).tobytes())
@@ -219,7 +216,7 @@ def dataset_fingerprint(dataset: MultiDomainDataset) -> dict[str, Any]:
     for part in dataset.datasets:
         for relative, path in _sample_paths(part):
             digest.update(relative.encode("utf-8", "surrogateescape") + b"\0")
-            files.update(_file_signature(path))
+            files.update(file_ends_digest(path) or b"<unreadable>")
     return {
         "domains": list(dataset.domain_names),
         "classes": [str(c) for c in dataset.classes],
@@ -227,17 +224,6 @@ def dataset_fingerprint(dataset: MultiDomainDataset) -> dict[str, Any]:
         "content_sha256": digest.hexdigest(),
         "files_sha256": files.hexdigest(),
     }
-
-
-def _file_signature(path: str) -> bytes:
-    try:
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            head = file.read(FINGERPRINT_BYTES)
-            file.seek(max(size - FINGERPRINT_BYTES, len(head)))
-            return size.to_bytes(8, "little") + head + file.read(FINGERPRINT_BYTES)
-    except OSError:
-        return b"<unreadable>"  # skipped or reported by the data layer; the fingerprint stays defined
 
 
 def _sample_paths(part) -> list[tuple[str, str]]:

@@ -8,6 +8,7 @@ the temporary file is removed and the target is left as it was.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["atomic_open", "atomic_save_numpy", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_open", "atomic_save_numpy", "atomic_write_bytes", "atomic_write_text", "file_ends_digest"]
 
 
 @contextlib.contextmanager
@@ -87,3 +88,20 @@ def _fsync_folder(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+ENDS_BYTES = 8192  # bytes read from each end of a file by file_ends_digest
+
+
+def file_ends_digest(path: str | os.PathLike) -> bytes | None:
+    """A cheap content digest: the file's size and a hash of its first and last ``ENDS_BYTES``
+    (the whole file when it is small); None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(ENDS_BYTES)
+            f.seek(max(size - ENDS_BYTES, len(head)))
+            tail = f.read(ENDS_BYTES)
+    except OSError:
+        return None
+    return size.to_bytes(8, "little") + hashlib.blake2b(head + b"|" + tail, digest_size=16).digest()
