@@ -28,6 +28,11 @@ import psutil
 
 RESULTS_DIR = Path(__file__).parent / "results"
 MIB = 2**20
+# The load before this benchmark started (imported first thing by every benchmark): other work on the
+# machine, which skews timings and ratios.
+LOAD_AT_START = os.getloadavg()
+# A 1-minute load above this share of the cores before the start marks a busy machine.
+BUSY_SHARE = 0.5
 
 
 def parse_args(name: str, description: str, device: bool = False,
@@ -92,6 +97,8 @@ def machine_facts() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        "load_average_at_start_1_5_15": [round(v, 2) for v in LOAD_AT_START],
+        "busy_at_start": busy_at_start(),
         "cpu_model": cpu_model,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
@@ -143,6 +150,11 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.extra_mib = (self._peak - self._baseline) / MIB
+
+
+def busy_at_start() -> bool:
+    """Whether other work loaded the machine when the benchmark started (see :data:`BUSY_SHARE`)."""
+    return LOAD_AT_START[0] > BUSY_SHARE * (os.cpu_count() or 1)
 
 
 def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, Any]:
@@ -197,6 +209,9 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine_facts(), **payload}, indent=2, default=str) + "\n")
     print(f"wrote {path}")
+    if busy_at_start():
+        print(f"NOTE: the machine was busy when this started (load {LOAD_AT_START[0]:.2f} on {os.cpu_count()} "
+              "cores): its timings and ratios may be off; rerun on an idle machine to compare")
 
 
 def resume_run(run: Path):

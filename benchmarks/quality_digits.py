@@ -49,6 +49,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from _common import machine_facts  # noqa: E402
 
 from tpsnet_plugin.evaluation import mean_metrics  # noqa: E402
 from tpsnet_plugin.training import TPSNetTrainer, load_config  # noqa: E402
@@ -188,7 +189,8 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    report: dict = {"config": args.config, "seeds": args.seeds, "extra": args.extra, "variants": {}}
+    report: dict = {"config": args.config, "seeds": args.seeds, "extra": args.extra, "machine": machine_facts(),
+                    "variants": {}}
     lines = []
     trained = [v for v in args.variants if v not in (*STARTING_POINTS, "frozen_clip")]
     jobs = [(args.config, v, seed, args.extra, Path(args.work_dir), args.threads)

@@ -3,8 +3,9 @@
 Icons are grouped into coarse classes by the first word of their freedesktop name (``folder-*``,
 ``weather-*``, ``mail-*`` ...): within one class the drawings share an object, across themes the
 drawing style changes (flat vs glossy, colour, outline). The result is a folder dataset
-(``<out>/<theme>/<class>/<icon>.png``) that nothing in this project was tuned on, for checking how
-a recipe does on data it has not seen::
+(``<out>/<theme>/<class>/<icon>.png``) for checking a recipe on data other than Digits. The
+default pair breeze ↔ oxygen served to choose options of ``configs/folder.yaml``; the pair tango ↔
+gnome is held out from every choice::
 
     python scripts/build_icons.py                      # the icon corpus, once
     python scripts/icons_ucdir.py --out data/icons_ucdir

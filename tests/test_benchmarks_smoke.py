@@ -155,7 +155,7 @@ def test_domainnet_scale_quick_runs_the_whole_pipeline(tmp_path):
     assert report["phase_branch_compiled"] is False  # auto: eager on the CPU
 
 
-def test_frozen_clip_baseline_matches_a_brute_force_ranking_of_the_clip_features(tmp_path):
+def test_frozen_clip_baseline_matches_a_brute_force_ranking_of_the_clip_features(tmp_path, monkeypatch):
     import importlib.util
 
     import torch
@@ -165,6 +165,7 @@ def test_frozen_clip_baseline_matches_a_brute_force_ranking_of_the_clip_features
     from tpsnet_plugin.training import TPSNetTrainer, load_config
     from tpsnet_plugin.training.data import images_as_float
 
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when the script runs: its folder comes first
     spec = importlib.util.spec_from_file_location("quality_digits", ROOT / "benchmarks" / "quality_digits.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
