@@ -26,6 +26,20 @@ class TPSNetError(Exception):
             self.option = option
 
 
+class ConfigError(TPSNetError, ValueError):
+    """A config value, option or command-line flag is invalid; the message names it and what it accepts."""
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """An unknown config key; the message lists the closest valid ones."""
+
+    __str__ = BaseException.__str__  # the message as written, not KeyError's quoted repr
+
+
+class DataError(TPSNetError, ValueError):
+    """The data cannot be used as given (layout, classes, sizes, files); the message names the fix."""
+
+
 class WeightsFileError(TPSNetError, ValueError, RuntimeError):
     """A weights file that cannot be loaded safely: damaged, of another model, or holding pickled code.
 

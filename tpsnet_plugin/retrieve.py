@@ -32,7 +32,7 @@ from .data import IMG_EXTENSIONS, default_transform
 from .data.folder import find_images
 from .data.icons import cache_dir
 from .data.image_io import load_rgb
-from .errors import TPSNetError, WeightsFileError
+from .errors import DataError, TPSNetError, WeightsFileError
 from .evaluation.knn import top_k
 from .models import TPSNet, create_tpsnet
 from .training.config import ConfigError, read_config_file
@@ -165,7 +165,7 @@ def list_images(folder: str | Path) -> list[Path]:
         raise FileNotFoundError(f"Gallery folder not found: {folder}")
     files = sorted(p for p in map(Path, find_images(folder, IMG_EXTENSIONS)) if p.is_file())
     if not files:
-        raise ValueError(f"No images under {folder} (extensions: {', '.join(sorted(IMG_EXTENSIONS))}; "
+        raise DataError(f"No images under {folder} (extensions: {', '.join(sorted(IMG_EXTENSIONS))}; "
                          "hidden files are skipped)")
     return files
 
@@ -310,7 +310,7 @@ def cli(argv=None) -> int:
         warnings.showwarning = _one_line_warning
         try:
             main(argv)
-        except (TPSNetError, ValueError, OSError) as error:
+        except (TPSNetError, OSError) as error:  # anything else is a bug: its traceback is kept
             print(f"{_PROG}: error: {error}", file=sys.stderr)
             return 2
     return 0

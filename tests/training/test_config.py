@@ -38,7 +38,7 @@ def test_missing_config_file(tmp_path):
 
 
 def test_bad_value_type():
-    with pytest.raises(TypeError, match="expects a number"):
+    with pytest.raises(ValueError, match="expects a number"):
         load_config(overrides=["synergy.loss_weights.prototype=abc"])
 
 

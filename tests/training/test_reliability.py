@@ -273,7 +273,8 @@ def test_damaged_packaged_weights_say_the_recipe_chose_them(tmp_path, capsys, mo
     line = err.strip().splitlines()[-1]
     assert "Traceback" not in err
     assert "the 'icons' weights of 'tpsnet-tiny-clip' are damaged" in line
-    assert line.endswith(f"(model.clip_pretrained is set in {REPO / 'configs' / 'folder.yaml'})")
+    recipe = REPO / "tpsnet_plugin" / "configs" / "folder.yaml"
+    assert line.endswith(f"(model.clip_pretrained is set in the recipe 'folder' ({recipe}))")
 
 
 def test_output_dir_inside_the_data_root_is_refused_before_any_work(tmp_path):

@@ -13,7 +13,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .. import _torchvision_compat  # noqa: F401  (before timm)
-from ..errors import WeightsFileError, describe_unsafe_pickle
+from ..errors import ConfigError, WeightsFileError, describe_unsafe_pickle
 from . import small_cnn as _small_cnn  # noqa: F401  (registers "small_cnn" with timm)
 from .phase import phase_only
 
@@ -35,11 +35,11 @@ def _create_timm_model(
     if ":" not in name and not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
         hint = f" Close matches: {', '.join(close)}." if close else ""
-        raise ValueError(f"{argument}={name!r} is not a timm model.{hint} See timm.list_models().")
+        raise ConfigError(f"{argument}={name!r} is not a timm model.{hint} See timm.list_models().")
     checkpoint_path = kwargs.get("checkpoint_path")
     if checkpoint_path is not None:
         if pretrained:
-            raise ValueError(
+            raise ConfigError(
                 f"{argument}: pass either pretrained=True (download timm's weights) or "
                 "checkpoint_path= (a local file), not both"
             )

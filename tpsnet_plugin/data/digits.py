@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import DataError
 from ..evaluation.baseline import raw_pixel_features as _gray_pixel_features
 
 DOMAINS = ("handwritten-uci", "handwritten-mnist", "printed", "handwriting-fonts", "mnist-m",
@@ -126,7 +127,7 @@ def _check_name(name: str) -> None:
     if name not in DOMAINS:
         close = difflib.get_close_matches(str(name), DOMAINS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown Digits domain {name!r}; choose one of {DOMAINS}.{hint}")
+        raise DataError(f"unknown Digits domain {name!r}; choose one of {DOMAINS}.{hint}")
 
 
 def _npz_bytes(name: str) -> bytes:
@@ -184,10 +185,10 @@ class DigitsDomain(Dataset):
     def __init__(self, domain: str, image_size: int = 32, channels: int = 3,
                  transform: Callable | None = None):
         if channels not in (1, 3):
-            raise ValueError(
+            raise DataError(
                 f"channels must be 1 (gray) or 3 (RGB; gray domains replicated), got {channels}")
         if image_size < 1:
-            raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+            raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
         self.domain = domain
         self.image_size = image_size
         self.channels = channels

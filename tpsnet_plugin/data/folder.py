@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..errors import DataError
 from .image_io import check_image, load_rgb
 from .transforms import default_transform
 
@@ -216,13 +217,13 @@ class DomainImageFolder(Dataset):
             extensions: File extensions treated as images, compared case-insensitively.
         """
         if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+            raise DataError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+            raise DataError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if list_file is not None and layout == "auto":
             layout = "list"
         if (layout == "list") != (list_file is not None):
-            raise ValueError("the list layout and list files go together: set both "
+            raise DataError("the list layout and list files go together: set both "
                              "(--set data.layout=list data.list_files=[...]), or neither")
         self.root = Path(root)
         self.domain = str(domain)
@@ -278,7 +279,7 @@ class DomainImageFolder(Dataset):
                 f"found {len(class_names)} class folders and no files ending in "
                 f"{_preview(extensions)}"
             )
-            raise ValueError(
+            raise DataError(
                 f"domain {self.domain!r} ({str(class_root)!r}) holds no images: {detail}. "
                 f"Expected {expected}; check --data-root, --domains and data.layout (or, from "
                 "Python, pass extensions=...)"
@@ -335,7 +336,7 @@ class DomainImageFolder(Dataset):
             content = raw.decode("utf-8-sig")  # a leading byte-order mark is not part of a path
         except UnicodeDecodeError as err:
             lineno = raw.count(b"\n", 0, err.start) + 1
-            raise ValueError(
+            raise DataError(
                 f"list file {str(list_path)!r} is not UTF-8 text (line {lineno}: {err.reason}, "
                 f"byte 0x{raw[err.start]:02x}); save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
             ) from None
@@ -352,17 +353,17 @@ class DomainImageFolder(Dataset):
             except ValueError:
                 label = -1
             if label < 0:
-                raise ValueError(f"{where}: malformed line {text!r}; expected "
+                raise DataError(f"{where}: malformed line {text!r}; expected "
                                  "'<relative/path/to/image> <non-negative integer label>'")
             relative = parts[0].replace("\\", "/")
             pure = PurePosixPath(relative)
             if pure.is_absolute() or PureWindowsPath(parts[0]).drive or ".." in pure.parts:
-                raise ValueError(f"{where}: path {parts[0]!r} escapes the dataset root "
+                raise DataError(f"{where}: path {parts[0]!r} escapes the dataset root "
                                  f"{str(self.root)!r}; list paths must be relative to root, "
                                  "without '..' or a leading '/'")
             entries.append((relative, label, lineno))
         if not entries:
-            raise ValueError(f"list file {str(list_path)!r} for domain {self.domain!r} "
+            raise DataError(f"list file {str(list_path)!r} for domain {self.domain!r} "
                              "has no entries")
 
         folders_of_label, labels_of_folder = defaultdict(set), defaultdict(set)
@@ -379,7 +380,7 @@ class DomainImageFolder(Dataset):
         elif classes is not None:
             for _, label, lineno in entries:
                 if label >= len(classes):
-                    raise ValueError(f"{list_path}:{lineno}: label {label} out of range for the "
+                    raise DataError(f"{list_path}:{lineno}: label {label} out of range for the "
                                      f"{len(classes)} given classes; labels must lie in "
                                      f"[0, {len(classes) - 1}]")
             names = dict(enumerate(classes))
@@ -406,7 +407,7 @@ class DomainImageFolder(Dataset):
             warnings.warn(f"domain {self.domain!r}: skipped {len(missing)} missing files listed "
                           f"in {str(list_path)!r}; see `.skipped`", stacklevel=3)
         if not self._items:
-            raise ValueError(f"none of the files listed in {str(list_path)!r} exists under "
+            raise DataError(f"none of the files listed in {str(list_path)!r} exists under "
                              f"{str(self.root)!r}; is root the folder the paths are relative to?")
         return found_classes
 
@@ -422,13 +423,13 @@ class DomainImageFolder(Dataset):
         """
         classes = [str(c) for c in classes]
         if not classes or len(set(classes)) != len(classes):
-            raise ValueError("classes must be a non-empty list of distinct names, got "
+            raise DataError("classes must be a non-empty list of distinct names, got "
                              f"{_preview(classes)}")
         index = {name: i for i, name in enumerate(classes)}
         samples = [(path, index[name]) for path, name in self._items if name in index]
         found = list(dict.fromkeys(name for _, name in self._items))
         if not samples:
-            raise ValueError(f"domain {self.domain!r} has no images of the requested classes "
+            raise DataError(f"domain {self.domain!r} has no images of the requested classes "
                              f"{_preview(classes)}; its classes are {_preview(found)}")
         present = {name for _, name in self._items}
         self.classes = classes
@@ -458,7 +459,7 @@ class DomainImageFolder(Dataset):
         warnings.warn(f"domain {self.domain!r}: skipped {len(bad)} unreadable image(s) of "
                       f"{len(paths)} (first: {bad[0]}); see `.skipped`", stacklevel=2)
         if not self._items:
-            raise ValueError(f"domain {self.domain!r}: none of its {len(paths)} images can be read")
+            raise DataError(f"domain {self.domain!r}: none of its {len(paths)} images can be read")
         self.set_classes(self.classes)
         return bad
 

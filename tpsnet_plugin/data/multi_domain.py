@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..errors import DataError
 from ..utils.io import file_ends_digest
 from .folder import DomainImageFolder, _preview
 
@@ -42,7 +43,7 @@ class MultiDomainDataset(Dataset):
         """
         self.datasets = list(datasets)
         if len(self.datasets) < 2:
-            raise ValueError("cross-domain retrieval needs at least 2 domains, got "
+            raise DataError("cross-domain retrieval needs at least 2 domains, got "
                              f"{len(self.datasets)}")
         if domain_names is None:
             domain_names = [
@@ -50,16 +51,16 @@ class MultiDomainDataset(Dataset):
             ]
         self.domain_names = [str(n) for n in domain_names]
         if len(self.domain_names) != len(self.datasets):
-            raise ValueError(f"got {len(self.domain_names)} domain names for "
+            raise DataError(f"got {len(self.domain_names)} domain names for "
                              f"{len(self.datasets)} datasets")
         if len(set(self.domain_names)) != len(self.domain_names):
-            raise ValueError(f"domain names must be distinct, got {self.domain_names}")
+            raise DataError(f"domain names must be distinct, got {self.domain_names}")
         for name, ds in zip(self.domain_names, self.datasets):
             if not hasattr(ds, "labels") or not hasattr(ds, "classes"):
                 raise TypeError(f"dataset of domain {name!r} needs `labels` and `classes` "
                                 "attributes")
             if len(ds) == 0 or len(ds.labels) != len(ds):
-                raise ValueError(f"dataset of domain {name!r} is empty or its `labels` do not "
+                raise DataError(f"dataset of domain {name!r} is empty or its `labels` do not "
                                  f"match its length ({len(ds.labels)} labels, {len(ds)} items)")
         self.classes = list(self.datasets[0].classes)
         differences = []
@@ -73,7 +74,7 @@ class MultiDomainDataset(Dataset):
                       else "has the same classes in another order")
             differences.append(f"domain {name!r} {detail}")
         if differences:
-            raise ValueError(
+            raise DataError(
                 f"all domains must share domain {self.domain_names[0]!r}'s class order: "
                 f"{'; '.join(differences)}. Build the domains with the same `classes` "
                 "(build_folder_domains does this)"
@@ -163,17 +164,17 @@ def build_folder_domains(
         raise TypeError(f"domains must be a list of domain names, got the string {domains!r}")
     domains = [str(d) for d in domains]
     if len(domains) < 2 or len(set(domains)) != len(domains):
-        raise ValueError(f"cross-domain retrieval needs at least 2 distinct domains, got {domains}")
+        raise DataError(f"cross-domain retrieval needs at least 2 distinct domains, got {domains}")
     if class_policy not in CLASS_POLICIES:
-        raise ValueError(f"class_policy must be one of {CLASS_POLICIES}, got {class_policy!r}")
+        raise DataError(f"class_policy must be one of {CLASS_POLICIES}, got {class_policy!r}")
     if list_files is not None and not isinstance(list_files, Mapping):
         if isinstance(list_files, (str, os.PathLike)) or len(list_files) != len(domains):
-            raise ValueError("list_files must map each domain to its list file, or be a sequence "
+            raise DataError("list_files must map each domain to its list file, or be a sequence "
                              f"with one file per domain ({len(domains)})")
         list_files = dict(zip(domains, list_files))
     if list_files is not None and set(domains) - set(list_files):
         absent = sorted(set(domains) - set(list_files))
-        raise ValueError(f"list_files has no entry for domains {absent}")
+        raise DataError(f"list_files has no entry for domains {absent}")
 
     parts = [
         DomainImageFolder(
@@ -195,7 +196,7 @@ def build_folder_domains(
     missing = {part.domain: part.missing_classes for part in parts if part.missing_classes}
     if missing and class_policy == "strict":
         detail = "; ".join(f"domain {d!r} lacks {_preview(m)}" for d, m in missing.items())
-        raise ValueError(
+        raise DataError(
             f"{_too_few_images(parts, shared)}"
             f"some classes have no images in some domains: {detail}. Every class needs images "
             "in every domain: fix the folders, choose the classes (--set data.classes=[...]), "
@@ -206,14 +207,14 @@ def build_folder_domains(
         dropped = [c for c in shared if any(c in m for m in missing.values())]
         kept = [c for c in shared if c not in dropped]
         if not kept:
-            raise ValueError(f"no class has images in all of the domains {domains}")
+            raise DataError(f"no class has images in all of the domains {domains}")
         warnings.warn(f"data.class_policy=intersection: dropped {len(dropped)} classes missing "
                       f"from some domain: {_preview(dropped)}; keeping {len(kept)}", stacklevel=2)
         for part in parts:
             part.set_classes(kept)
     too_few = _too_few_images(parts, parts[0].classes)
     if too_few:  # cannot happen after the checks above; kept as the invariant's guard
-        raise ValueError(too_few)
+        raise DataError(too_few)
     for part in parts:
         if _all_same_content([path for path, _ in part.samples]):
             warnings.warn(

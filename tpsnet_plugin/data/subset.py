@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..errors import DataError
+
 
 class DomainSubset(Dataset):
     """At most ``size`` images of a domain dataset, drawn at random with ``seed``.
@@ -21,7 +23,7 @@ class DomainSubset(Dataset):
 
     def __init__(self, dataset: Dataset, size: int, seed: int = 0) -> None:
         if size < 1:
-            raise ValueError(f"subset size must be at least 1, got {size}")
+            raise DataError(f"subset size must be at least 1, got {size}")
         self.dataset = dataset
         order = np.random.default_rng(seed).permutation(len(dataset))
         self.indices = np.sort(order[:size])

@@ -45,7 +45,7 @@ _MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_MODEL_CONFIG_DIR)
 
 from ..backbones import small_cnn as _small_cnn  # noqa: E402,F401  (timm name of the CNN CLIP towers)
-from ..errors import WeightsDownloadError, WeightsFileError, describe_unsafe_pickle  # noqa: E402
+from ..errors import ConfigError, WeightsDownloadError, WeightsFileError, describe_unsafe_pickle  # noqa: E402
 from .packaged_weights import (  # noqa: E402  (registers the tags)
     PackagedWeightsError,
     is_packaged_tag,
@@ -284,7 +284,7 @@ def create_frozen_clip(
         known = open_clip.list_models()
         if clip_model.replace("/", "-") not in known:
             close = difflib.get_close_matches(clip_model, known, n=5, cutoff=0.5)
-            raise ValueError(f"Unknown open_clip model '{clip_model}'. Close matches: {close}. "
+            raise ConfigError(f"Unknown open_clip model '{clip_model}'. Close matches: {close}. "
                              "open_clip.list_models() lists every name.")
     if not is_schema and is_packaged_tag(pretrained) and not os.path.isfile(pretrained):
         try:
@@ -296,7 +296,7 @@ def create_frozen_clip(
     if is_tag:
         tags = open_clip.list_pretrained_tags_by_model(clip_model)
         if pretrained.lower() not in [tag.lower() for tag in tags]:
-            raise ValueError(f"pretrained='{pretrained}' is neither an existing file nor a known "
+            raise ConfigError(f"pretrained='{pretrained}' is neither an existing file nor a known "
                              f"open_clip tag for '{clip_model}' (tags: {tags}). Pass a tag or the "
                              "path of a local checkpoint file.")
     try:

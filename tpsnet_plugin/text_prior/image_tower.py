@@ -21,7 +21,7 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from ..errors import TPSNetError
+from ..errors import ConfigError, TPSNetError
 from .domain_prompt_learner import clip_preprocess_cfg
 
 __all__ = ["ImageTowerMismatchError", "clip_config_image_size", "clip_normalisation", "init_backbone_from_clip"]
@@ -37,7 +37,7 @@ def clip_config_image_size(model_name: str) -> int:
     """The image side an open_clip architecture is built for, read from its config (without building it)."""
     config = open_clip.get_model_config(model_name)
     if config is None:
-        raise ValueError(f"Unknown open_clip model '{model_name}': open_clip.list_models() lists every name")
+        raise ConfigError(f"Unknown open_clip model '{model_name}': open_clip.list_models() lists every name")
     size = config["vision_cfg"].get("image_size", 224)
     return int(size if isinstance(size, int) else size[0])
 

@@ -19,6 +19,7 @@ from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 from torch import nn
 
 from ..data.icons import TEMPLATES as PACKAGED_CLIP_TEMPLATES
+from ..errors import ConfigError
 from .packaged_weights import is_packaged_tag
 
 __all__ = ["zero_shot_probabilities", "zero_shot_templates"]
@@ -56,7 +57,7 @@ def zero_shot_probabilities(
         ValueError: No class names, or names that are empty or not distinct.
     """
     if not class_names:
-        raise ValueError("zero-shot needs class names (one per class, in label order): set data.class_names")
+        raise ConfigError("zero-shot needs class names (one per class, in label order): set data.class_names")
     names = [str(name).strip() for name in class_names]
     if any(not name for name in names) or len(set(names)) != len(names):
         raise ValueError(f"class names must be non-empty and distinct, got {names}")

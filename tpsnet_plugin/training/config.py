@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import TPSNetError
+from ..errors import ConfigError, ConfigKeyError
 
 # Old key -> new key; accepted for one release (0.2) with a FutureWarning.
 RENAMED_KEYS = {
@@ -81,11 +81,11 @@ def _flat_keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key_error(path: str, valid: Iterable[str]) -> KeyError:
+def _unknown_key_error(path: str, valid: Iterable[str]) -> ConfigKeyError:
     valid = sorted(valid)
     close = difflib.get_close_matches(path, valid, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return KeyError(f"Unknown config key '{path}'.{hint} Valid keys: {', '.join(valid)}")
+    return ConfigKeyError(f"Unknown config key '{path}'.{hint} Valid keys: {', '.join(valid)}")
 
 
 def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,7 +170,7 @@ def merge_config(base: dict[str, Any], override: Mapping[str, Any], _prefix: str
             raise _unknown_key_error(path, _flat_keys(base, _prefix))
         if _is_section(merged[key]) and not _is_free_form(path):
             if not isinstance(value, Mapping):
-                raise TypeError(f"Config key '{path}' is a section; give its keys, e.g. {path}.<key>=...")
+                raise ConfigError(f"Config key '{path}' is a section; give its keys, e.g. {path}.<key>=...")
             merged[key] = merge_config(merged[key], value, path + ".")
         else:
             merged[key] = _coerce_like(merged[key], value, path)
@@ -189,14 +189,14 @@ def _coerce_like(default: Any, value: Any, path: str) -> Any:
         try:
             return float(value)
         except ValueError:
-            raise TypeError(f"Config key '{path}' expects a number, got {value!r}") from None
+            raise ConfigError(f"Config key '{path}' expects a number, got {value!r}") from None
     return value
 
 
 def parse_override(assignment: str) -> dict[str, Any]:
     """Turn ``"section.key=value"`` into a nested dict; the value is parsed as YAML (``1e-3``, ``[1, 5]``, ``null``)."""
     if "=" not in assignment:
-        raise ValueError(f"Override '{assignment}' must look like section.key=value")
+        raise ConfigError(f"Override '{assignment}' must look like section.key=value")
     path, raw = assignment.split("=", 1)
     if not raw.strip():
         raise ConfigError(f"Override '{assignment}' has no value: give one, or write {path.strip()}=null to unset "
@@ -344,10 +344,6 @@ _OPTIONAL = {
 
 # Smallest value of an optional integer (default 1).
 _OPTIONAL_MINIMUM = {"data.num_clusters": 2}  # one cluster makes every image a match of every query
-
-
-class ConfigError(TPSNetError, ValueError):
-    """A config value is invalid; the message names the key and what it accepts."""
 
 
 def validate_config(config: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> None:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ..data import DigitsDomain, DomainSubset, MultiDomainDataset, build_folder_domains, default_transform, load_domain
 from ..data.digits import warn_shared_instances
 from ..data.icons import caption_from_name
+from ..errors import ConfigError, DataError
 from ..utils.io import file_ends_digest
 from .progress import progress
 
@@ -23,7 +24,7 @@ def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainD
     """Build the multi-domain dataset a config's ``data`` section describes."""
     domains = list(data_config["domains"])
     if len(domains) < 2:
-        raise ValueError(f"UCDIR needs at least two domains, got {domains}. Pass e.g. --domains A B")
+        raise ConfigError(f"UCDIR needs at least two domains, got {domains}. Pass e.g. --domains A B")
     size = 64 if data_config["image_size"] == "auto" else int(data_config["image_size"])
     if data_config["dataset"] == "digits":
         if data_config["image_size"] == "auto":
@@ -32,7 +33,7 @@ def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainD
         dataset = MultiDomainDataset([DigitsDomain(d, image_size=size) for d in domains], domain_names=domains)
     elif data_config["dataset"] == "folder":
         if not data_config["root"]:
-            raise ValueError("data.dataset=folder needs a root folder: pass --data-root DIR")
+            raise ConfigError("data.dataset=folder needs a root folder: pass --data-root DIR")
         dataset = build_folder_domains(
             data_config["root"],
             domains,
@@ -44,7 +45,7 @@ def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainD
             list_files=data_config["list_files"],
         )
     else:
-        raise ValueError(f"Unknown data.dataset {data_config['dataset']!r}: use 'digits' or 'folder'")
+        raise ConfigError(f"Unknown data.dataset {data_config['dataset']!r}: use 'digits' or 'folder'")
     if data_config["dataset"] == "folder" and data_config["image_size"] == "auto":
         size = fitting_image_size(dataset, seed=seed)
         for part in dataset.datasets:
@@ -53,7 +54,7 @@ def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainD
         parts = [DomainSubset(part, int(data_config["subset_per_domain"]), seed=seed) for part in dataset.datasets]
         dataset = MultiDomainDataset(parts, domain_names=dataset.domain_names)
     if len(set(np.asarray(dataset.labels).tolist())) < 2:
-        raise ValueError(f"the data holds one class ({dataset.classes[0]!r}): with one class every image is a "
+        raise DataError(f"the data holds one class ({dataset.classes[0]!r}): with one class every image is a "
                          "correct match of every query, so retrieval cannot be measured; give two or more classes")
     return dataset
 
@@ -71,7 +72,7 @@ def class_names_of(data_config: Mapping[str, Any], classes) -> list[str] | None:
     given = data_config["class_names"]
     if given is not None:
         if len(given) != len(classes):
-            raise ValueError(f"data.class_names gives {len(given)} names for {len(classes)} classes "
+            raise ConfigError(f"data.class_names gives {len(given)} names for {len(classes)} classes "
                              f"({classes[:5]}...): give one name per class, in the class order")
         return [str(name) for name in given]
     if data_config["dataset"] == "folder" and data_config["layout"] == "list" and not data_config["classes"]:
@@ -150,7 +151,7 @@ def fit_batch_to_dataset(
     per_process = num_images // num_processes
     smallest = max(2, multiple_of)
     if per_process < smallest:
-        raise ValueError(f"{num_images} image(s) on {num_processes} process(es): {key} needs at least {smallest} "
+        raise ConfigError(f"{num_images} image(s) on {num_processes} process(es): {key} needs at least {smallest} "
                          "images per process; add images or train on fewer processes")
     if batch_size <= per_process:
         return batch_size, None

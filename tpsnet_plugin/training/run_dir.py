@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import TPSNetError
+from ..errors import ConfigError, TPSNetError
 from ..utils.io import atomic_write_text
 
 # Written first into every run's output dir: a folder is a run of this package only if it holds it.
@@ -84,7 +84,7 @@ def check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
     """
     output_dir = Path(output_dir)
     if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other: continue the run or replace it")
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run or replace it")
     if resume:
         if not output_dir.is_dir():
             raise FileNotFoundError(

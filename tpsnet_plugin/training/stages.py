@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from accelerate.utils import broadcast
 from torch.utils.data import DataLoader
 
+from ..errors import ConfigError
 from ..losses import InstanceContrastiveLoss, PromptContrastiveLoss
 from ..samplers import PseudoLabelSampler
 from ..text_prior.relabel import relabel_with_prompts
@@ -102,7 +103,7 @@ class WarmupStage(Stage):
         while trainer.state.epoch < self.epochs:
             loader = trainer.shuffled_loader(self.batch_size, seed=trainer.state.epoch)
             if len(loader) == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"warmup.batch_size={self.batch_size} leaves no full batch for {len(trainer.dataset)} images on "
                     f"{acc.num_processes} process(es): lower warmup.batch_size"
                 )

@@ -440,7 +440,7 @@ class TPSNetTrainer:
         if setting == "auto":
             return bool(self.config["model"]["clip_pretrained"]) and self.class_names is not None
         if setting and self.class_names is None:
-            raise ValueError(
+            raise ConfigError(
                 "eval.zero_shot=true needs class names, and the list files give only numeric labels: set "
                 "data.class_names (one name per class, in label order) or data.classes, or eval.zero_shot=false")
         return bool(setting)
