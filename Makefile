@@ -1,5 +1,7 @@
 # Two entry points for a fresh machine: `make demo` (main job on the embedded Digits data) and
-# `make test`. Both create .venv when missing and install the package with the CPU constraints.
+# `make test` (ruff and the whole suite, as CI runs it). Both create .venv when missing and install the package
+# with the CPU constraints. `make test-fast` is the inner loop: the suite without the tests marked slow
+# (end-to-end runs and subprocesses), under 90 s on 2 CPU cores.
 # `make demo` is the README's `accelerate launch` command. On a CPU-only install (CPU torch beside PyPI's CUDA
 # torchvision) it works because the install adds a start-up hook (.pth) that fixes torchvision on its first import.
 PYTHON ?= python3
@@ -10,7 +12,7 @@ BIN := $(VENV)/bin
 THREADS ?= $(shell nproc)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test
+.PHONY: install demo test test-fast
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +30,6 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

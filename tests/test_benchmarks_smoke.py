@@ -12,11 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE_KEYS = {"nproc", "cpu_model", "gpu", "torch", "faiss", "date"}
-# a trainer run of a few seconds, for the scripts that diagnose finished runs
-TINY_RUN = ["data.subset_per_domain=60", "data.image_size=16", "warmup.epochs=1", "warmup.batch_size=32",
-            "prompts.epochs=1", "synergy.epochs=1", "synergy.batch_size=40", "cluster.nredo=1",
-            "eval.plots=false", "accelerate.log_with=none",
-            "model.phase_kwargs={widths: [8, 8, 16, 16]}", "model.rgb_kwargs={widths: [8, 16, 16, 32]}"]
+# the shared tiny run (conftest.py) cut to one synergy epoch, for the scripts that diagnose finished runs
+DIAGNOSED_RUN = ("synergy.epochs=1",)
 EXPECTED_KEYS = {
     "bench_eval": {"setup", "headers", "rows", "results", "goals_at_first_size", "notes"},
     "bench_cluster": {"setup", "clustering", "instance_loss"},
@@ -27,6 +24,7 @@ EXPECTED_KEYS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED_KEYS))
 def test_quick_run_writes_json(name, tmp_path):
     out = tmp_path / f"{name}.json"
@@ -61,6 +59,7 @@ def test_quick_run_writes_json(name, tmp_path):
         assert all(row[4] > 0 for row in result["rows"])  # seconds per epoch
 
 
+@pytest.mark.slow
 def test_quality_digits_runs_variants_in_worker_processes(tmp_path):
     # Tiny runs (60 images per domain, one epoch per stage), two at once through --jobs.
     tiny = ["data.subset_per_domain=60", "warmup.epochs=1",
@@ -96,6 +95,7 @@ def test_quality_digits_runs_variants_in_worker_processes(tmp_path):
     assert (tmp_path / "quality_digits_curve.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["profile_phase_net", "bench_phase_graph"])
 def test_gpu_only_scripts_explain_themselves_without_cuda(name):
     if __import__("torch").cuda.is_available():
@@ -106,11 +106,11 @@ def test_gpu_only_scripts_explain_themselves_without_cuda(name):
     assert f"{name}.py needs a CUDA GPU" in proc.stderr
 
 
-def test_confusions_digits_matches_the_runs_evaluation(tmp_path):
-    from tpsnet_plugin.training import TPSNetTrainer, load_config
+@pytest.mark.slow
+def test_confusions_digits_matches_the_runs_evaluation(tmp_path, tiny_config):
+    from tpsnet_plugin.training import TPSNetTrainer
 
-    config = load_config(ROOT / "configs" / "digits.yaml", TINY_RUN, output_dir=str(tmp_path / "run"))
-    summary = TPSNetTrainer(config).fit()
+    summary = TPSNetTrainer(tiny_config(tmp_path, *DIAGNOSED_RUN)).fit()
     out = tmp_path / "confusions.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "confusions_digits.py"), "--run",
@@ -130,6 +130,7 @@ def test_confusions_digits_matches_the_runs_evaluation(tmp_path):
     assert missing.returncode == 1 and "must be the output_dir of a trainer run" in missing.stderr
 
 
+@pytest.mark.slow
 def test_domainnet_scale_quick_runs_the_whole_pipeline(tmp_path):
     # DomainNet's shape at 1/1000 scale: 6 domains, images decoded from disk (no in-memory cache)
     out, data = tmp_path / "bench_domainnet_scale.json", tmp_path / "data"
@@ -194,7 +195,8 @@ def test_frozen_clip_baseline_matches_a_brute_force_ranking_of_the_clip_features
     assert zero_shot["images"] == len(features) == 120 and zero_shot["image_to_name_chance_top1"] == 0.1
 
 
-def test_embedding_parts_matches_the_run_and_a_direct_computation(tmp_path):
+@pytest.mark.slow
+def test_embedding_parts_matches_the_run_and_a_direct_computation(tmp_path, tiny_overrides):
     import torch
     import torch.nn.functional as F
 
@@ -204,7 +206,8 @@ def test_embedding_parts_matches_the_run_and_a_direct_computation(tmp_path):
     from tpsnet_plugin.training.data import images_as_float
 
     run = tmp_path / "full-seed0"
-    trainer = TPSNetTrainer(load_config(ROOT / "configs" / "digits.yaml", TINY_RUN, output_dir=str(run)))
+    trainer = TPSNetTrainer(load_config(ROOT / "configs" / "digits.yaml", [*tiny_overrides, *DIAGNOSED_RUN],
+                                        output_dir=str(run)))
     summary = trainer.fit()
     out = tmp_path / "parts.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

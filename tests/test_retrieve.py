@@ -3,12 +3,14 @@
 import copy
 import errno
 import io
+import json
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -16,21 +18,18 @@ from safetensors.torch import load_file, save_file
 from tpsnet_plugin import retrieve
 from tpsnet_plugin.data import DomainImageFolder, default_transform, load_domain
 from tpsnet_plugin.errors import WeightsFileError
-from tpsnet_plugin.models import create_tpsnet
-from tpsnet_plugin.training import TPSNetTrainer, load_config
+from tpsnet_plugin.models import TPSNet, create_tpsnet
+from tpsnet_plugin.training import TPSNetTrainer
 from tpsnet_plugin.training.config import ConfigError
-
-from .training.test_trainer import REPO, TINY
 
 GALLERY_SIZE = 30
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("retrieve") / "run"
-    config = load_config(REPO / "configs" / "digits.yaml", [*TINY, "synergy.epochs=1"], output_dir=str(out))
-    TPSNetTrainer(config).fit()
-    return out
+def trained_run(tmp_path_factory, tiny_config):
+    root = tmp_path_factory.mktemp("retrieve")
+    TPSNetTrainer(tiny_config(root, "synergy.epochs=1")).fit()
+    return root / "run"
 
 
 @pytest.fixture
@@ -84,7 +83,7 @@ def test_cli_ranks_gallery_caches_and_writes_grid(run_copy, gallery, tmp_path):
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
     model, config = retrieve.load_trained_model(run_copy)
-    expected = retrieve.embed_images(model, retrieve.list_images(gallery), config["data"]["image_size"])
+    expected = retrieve.embed_images(model, retrieve.list_images(gallery), config["image_size"])
     (cached,) = cache_files(run_copy)
     assert np.allclose(np.load(cached), expected.numpy(), atol=1e-5)
     assert [p.name for p in (run_copy / "retrieval_cache").iterdir()] == [cached.name]  # no temp left
@@ -318,21 +317,58 @@ def test_weights_of_another_architecture_are_one_clear_error(run_copy, gallery, 
                            "--query", str(next(gallery.iterdir()))], capsys)
     assert status == 2 and err.count("\n") == 1
     assert err.startswith(f"retrieve: error: {weights} holds the weights of another model")
-    assert "use the model/ folder and config.yaml of one run" in err
+    assert "use the weights and config of one run" in err
 
 
-@pytest.mark.parametrize("name, content, error, problem", [
-    ("config.yaml", "model: [unclosed\n", ConfigError, "is not valid YAML"),
-    ("config.yaml", "", ConfigError, "has no model and data sections"),
-    ("config.yaml", "- a list\n", ConfigError, "must hold a mapping"),
-    ("config.yaml", b"model: caf\xe9\n", ConfigError, "is not UTF-8"),
+def _as_written_before_config_json(run) -> None:
+    """The model folder of a run from before model/config.json: sizes in model_meta.json, the rest in config.yaml."""
+    config = json.loads((run / "model" / "config.json").read_text())
+    (run / "model" / "config.json").unlink()
+    (run / "model" / "model_meta.json").write_text(json.dumps(
+        {key: config[key] for key in ("embed_dim", "num_domains", "num_clusters", "domain_names", "classes",
+                                      "image_size")}))
+
+
+def test_a_run_written_before_config_json_still_loads(run_copy):
+    model, config = retrieve.load_trained_model(run_copy)
+    _as_written_before_config_json(run_copy)
+    old_model, old_config = retrieve.load_trained_model(run_copy)
+    assert old_config["image_size"] == config["image_size"] and old_config["model"] == config["model"]
+    images = torch.rand(3, 3, config["image_size"], config["image_size"])
+    assert torch.equal(old_model(images), model(images))
+
+
+def test_the_model_folder_describes_itself(run_copy, tmp_path):
+    # model/ alone (copied away from its run) is enough to rebuild and use the model
+    shutil.copytree(run_copy / "model", tmp_path / "elsewhere")
+    model = TPSNet.from_pretrained(tmp_path / "elsewhere")
+    reference, _ = retrieve.load_trained_model(run_copy)
+    size = model.config["image_size"]
+    assert model.config["domain_names"] == ["handwritten-mnist", "printed"] and len(model.config["classes"]) == 10
+    assert len(model.config["normalisation"]["rgb_mean"]) == 3
+    images = torch.rand(2, 3, size, size)
+    assert torch.equal(model(images), reference(images))
+
+
+@pytest.mark.parametrize("name, content, error, problem, legacy", [
+    ("model/config.json", '{"embed_dim": 64', WeightsFileError, "is damaged", False),
+    ("model/config.json", "[1, 2]", WeightsFileError, "not a JSON object", False),
+    ("model/config.json", '{"model": {}, "embed_dim": "64", "num_domains": 2, "num_clusters": 10, "image_size": 16}',
+     WeightsFileError, "positive integers", False),
+    ("config.yaml", "model: [unclosed\n", ConfigError, "is not valid YAML", True),
+    ("config.yaml", "", ConfigError, "has no model and data sections", True),
+    ("config.yaml", "- a list\n", ConfigError, "must hold a mapping", True),
+    ("config.yaml", b"model: caf\xe9\n", ConfigError, "is not UTF-8", True),
     ("config.yaml", "model: {rgb_backbone: no_such_net}\ndata: {image_size: 16}\n", ConfigError,
-     "does not describe a model"),
-    ("model/model_meta.json", '{"embed_dim": 64', WeightsFileError, "is damaged"),
+     "does not describe a model", True),
+    ("model/model_meta.json", '{"embed_dim": 64', WeightsFileError, "is damaged", True),
     ("model/model_meta.json", '{"embed_dim": "64", "num_domains": 2, "num_clusters": 10}', WeightsFileError,
-     "positive integers"),
+     "positive integers", True),
 ])
-def test_a_damaged_run_config_or_meta_is_one_line_naming_it(run_copy, gallery, capsys, name, content, error, problem):
+def test_a_damaged_model_config_is_one_line_naming_it(run_copy, gallery, capsys, name, content, error, problem,
+                                                      legacy):
+    if legacy:
+        _as_written_before_config_json(run_copy)
     path = run_copy / name
     if isinstance(content, bytes):
         path.write_bytes(content)

@@ -187,6 +187,7 @@ def test_bad_arguments():
         tiny_backbone()(torch.rand(2, 1, 32, 32))
 
 
+@pytest.mark.slow
 def test_pretrained_offline_fails_fast_with_clear_error():
     script = textwrap.dedent(
         """

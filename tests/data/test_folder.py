@@ -78,7 +78,7 @@ def test_office31_layout_and_auto_detection(tmp_path):
     assert DomainImageFolder(tmp_path, "webcam").layout == "folder"
     dslr = DomainImageFolder(tmp_path, "dslr")
     assert dslr.layout == "folder" and dslr.classes == ["bike", "images"]
-    with pytest.raises(FileNotFoundError, match="--set data.layout=auto"):
+    with pytest.raises(FileNotFoundError, match=r"layout='auto' \(config: data.layout\)"):
         DomainImageFolder(tmp_path, "webcam", layout="office31")
 
 
@@ -273,7 +273,7 @@ def test_truncated_image_raise_names_file(tmp_path):
     position = [p for p, _ in ds.samples].index(str(bad))
     with pytest.raises(OSError, match="cannot read image") as err:
         ds[position]
-    assert str(bad) in str(err.value) and "--set data.on_error=skip" in str(err.value)
+    assert str(bad) in str(err.value) and "on_error='skip' (config: data.on_error)" in str(err.value)
     ds[(position + 1) % 3]  # the good files still load
 
 

@@ -178,7 +178,7 @@ def test_folder_dataset_nan_float_image_raises_or_is_skipped(tmp_path):
         ds[[p for p, _ in ds.samples].index(str(bad))]
     message = str(err.value)
     assert str(bad) in message and "convert it to an 8-bit PNG or JPEG" in message
-    assert "--set data.on_error=skip" in message and "'dom'" in message
+    assert "on_error='skip' (config: data.on_error)" in message and "'dom'" in message
     with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
         skipping = DomainImageFolder(tmp_path, "dom", on_error="skip")
     assert skipping.skipped == [str(bad)] and len(skipping) == 3

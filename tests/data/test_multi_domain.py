@@ -117,7 +117,8 @@ def test_build_class_in_some_domains_only(tmp_path):
         build_folder_domains(tmp_path, ["A", "B", "C"])
     message = str(err.value)
     assert "domain 'A' lacks ['emu']" in message and "domain 'B' lacks ['owl']" in message
-    assert "domain 'C' lacks ['emu', 'owl']" in message and "--set data.class_policy=intersection" in message
+    assert "domain 'C' lacks ['emu', 'owl']" in message
+    assert "class_policy='intersection' (config: data.class_policy)" in message
     with pytest.warns(UserWarning, match=r"dropped 2 classes .*\['emu', 'owl'\]; keeping 2"):
         ds = build_folder_domains(tmp_path, ["A", "B", "C"], class_policy="intersection")
     assert ds.classes == ["cat", "dog"]
@@ -202,4 +203,5 @@ def test_build_domain_with_fewer_images_than_classes_is_a_clear_error(tmp_path):
         build_folder_domains(tmp_path, ["A", "B"])
     message = str(err.value)
     assert message.startswith("domain 'B' has only 2 image(s), fewer than the 4 classes")
-    assert "--data-root and --domains" in message and "--set data.class_policy=intersection" in message
+    assert "root and domains (config: data.root, data.domains)" in message
+    assert "class_policy='intersection' (config: data.class_policy)" in message

@@ -12,6 +12,8 @@ from sklearn.metrics import average_precision_score
 import tpsnet_plugin  # noqa: F401
 from tpsnet_plugin.evaluation import UCDIRAccuracyCalculator
 
+from ..references import ranked_relevance, ref_ap, ref_voc_ap
+
 CPU = torch.device("cpu")
 KNNS = ("faiss", "torch")
 
@@ -23,12 +25,6 @@ def similarities(query, gallery):
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     g = g / np.linalg.norm(g, axis=1, keepdims=True)
     return q @ g.T
-
-
-def ranked_relevance(sim_row, query_label, gallery_labels):
-    """Relevance of the gallery ranked by (-similarity, gallery index)."""
-    order = sorted(range(len(sim_row)), key=lambda j: (-sim_row[j], j))
-    return [gallery_labels[j] == query_label for j in order]
 
 
 def ref_ucdir_precision(sim, query_labels, gallery_labels, k):
@@ -48,29 +44,6 @@ def ref_mean_precision(sim, query_labels, gallery_labels, k):
     values = [sum(ranked_relevance(sim[i], label, gallery_labels)[:k]) / k
               for i, label in enumerate(query_labels) if np.any(gallery_labels == label)]
     return 100.0 * np.mean(values)
-
-
-def ref_ap(relevance):
-    hits, total = 0, 0.0
-    for rank, rel in enumerate(relevance, start=1):
-        if rel:
-            hits += 1
-            total += hits / rank
-    return total / hits
-
-
-def ref_voc_ap(relevance):
-    """VOC2010+ devkit all-point interpolated AP, written as the devkit does it."""
-    r = sum(relevance)
-    tp = np.cumsum(relevance)
-    rec = list(tp / r)
-    prec = list(tp / np.arange(1, len(relevance) + 1))
-    mrec = [0.0] + rec + [1.0]
-    mpre = [0.0] + prec + [0.0]
-    for i in range(len(mpre) - 2, -1, -1):
-        mpre[i] = max(mpre[i], mpre[i + 1])
-    return sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]
-               for i in range(len(mrec) - 1) if mrec[i + 1] != mrec[i])
 
 
 def ref_map(sim, query_labels, gallery_labels, ap_fn=ref_ap):

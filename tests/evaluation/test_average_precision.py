@@ -14,7 +14,7 @@ from tpsnet_plugin.evaluation.average_precision import (
     relevant_counts,
 )
 
-from .test_accuracy_calculator import ranked_relevance, ref_ap, ref_voc_ap
+from ..references import ranked_relevance, ref_ap, ref_voc_ap
 
 
 def brute_force_aps(query, gallery, query_labels, gallery_labels, ap_fn):

@@ -3,9 +3,12 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pml_pipeline.py"
 
 
+@pytest.mark.slow
 def test_pml_pipeline_trains_and_reports_ucdir_metrics():
     spec = importlib.util.spec_from_file_location("pml_pipeline", EXAMPLE)
     module = importlib.util.module_from_spec(spec)

@@ -44,6 +44,7 @@ def test_recipes_ship_with_the_package_and_are_chosen_by_name(tmp_path, capsys):
     assert "folder_pretrained" in capsys.readouterr().out.split()
 
 
+@pytest.mark.slow
 def test_the_module_runs_as_a_command():
     # what `accelerate launch -m tpsnet_plugin.train` and the tpsnet-train console script run
     result = subprocess.run([sys.executable, "-m", "tpsnet_plugin.train", "--list-configs"], capture_output=True,

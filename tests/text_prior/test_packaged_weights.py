@@ -122,6 +122,7 @@ def zero_shot(model, images, captions, name=MODEL):
                                   encode_captions(model, tokenizer, candidates), candidates)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,tag", PACKAGED)
 def test_zero_shot_on_held_out_icons_far_above_random_init(name, tag):
     # every packaged CLIP saw the icon corpus's training themes, none the held-out tango theme

@@ -9,18 +9,10 @@ from tpsnet_plugin.evaluation import evaluate_domains, mean_metrics
 from tpsnet_plugin.training import TPSNetTrainer
 from tpsnet_plugin.training.reporting import build_summary
 
-from .test_trainer import tiny_config
+from ..references import centred_per_domain
 
 
-def centred_per_domain(features, domains):
-    """L2-normalised, minus each domain's own mean, normalised again: the model's retrieval post-processing."""
-    features = F.normalize(features.float(), dim=-1)
-    for d in domains.unique():
-        features[domains == d] -= features[domains == d].mean(0)
-    return F.normalize(features, dim=-1)
-
-
-def test_raw_pixel_baseline_matches_a_direct_computation(tmp_path):
+def test_raw_pixel_baseline_matches_a_direct_computation(tmp_path, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path))
     baseline = trainer.baseline()
     pixels = trainer.images.float().div(255).mean(1).flatten(1)  # grayscale, 16x16 (no resize below 32 px)
@@ -35,7 +27,7 @@ def test_raw_pixel_baseline_matches_a_direct_computation(tmp_path):
             assert baseline["results"][direction][name] == pytest.approx(value, abs=1e-6)
 
 
-def test_pretrained_baseline_is_the_frozen_backbone(tmp_path):
+def test_pretrained_baseline_is_the_frozen_backbone(tmp_path, tiny_config):
     import timm
 
     weights = tmp_path / "rgb.pth"
@@ -56,7 +48,7 @@ def test_pretrained_baseline_is_the_frozen_backbone(tmp_path):
         assert baseline["results"][direction]["precision_at_1"] == pytest.approx(metrics["precision_at_1"], abs=1e-6)
 
 
-def test_baseline_draws_no_random_numbers(tmp_path):
+def test_baseline_draws_no_random_numbers(tmp_path, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path))
     before = torch.get_rng_state()
     trainer.record_baseline()
@@ -65,7 +57,8 @@ def test_baseline_draws_no_random_numbers(tmp_path):
     assert kinds == trainer.starting_point_kinds() == ["raw_pixels", "clip_zero_shot"]  # digits.yaml: icons CLIP
 
 
-def test_a_run_below_its_baseline_says_so(tmp_path, capsys):
+@pytest.mark.slow
+def test_a_run_below_its_baseline_says_so(tmp_path, capsys, tiny_config):
     # Three tiny epochs on 16 px images do not reach raw pixels: the run must say it.
     summary = TPSNetTrainer(tiny_config(tmp_path)).fit()
     last = mean_metrics(summary["last"])["precision_at_1"]
@@ -96,7 +89,7 @@ def test_summary_selects_epochs_and_warns_only_when_not_above_the_baseline():
     assert len(flagged["warnings"]) == 1 and "55.00 vs 55.00" in flagged["warnings"][0]
 
 
-def test_label_free_score_is_pseudo_label_precision(tmp_path):
+def test_label_free_score_is_pseudo_label_precision(tmp_path, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path))
     trainer.cluster(trainer.embed(synergy=False))
     embeddings = torch.randn(len(trainer.dataset), 16, generator=torch.Generator().manual_seed(0))

@@ -123,7 +123,7 @@ def test_no_section_reads_another_sections_keys():
         ("synergy.m_per_cluster=0", r"'synergy.m_per_cluster' must be >= 1"),
         ("cluster.keep_ratio=0", r"'cluster.keep_ratio' must be > 0 and <= 1"),
         ("cluster.anchor=-1", r"'cluster.anchor' expects \"smallest\", a domain index"),
-        ("synergy.loss_weights.prototype=-1", r"'synergy.loss_weights.prototype' must be a number >= 0"),
+        ("synergy.loss_weights.prototype=-1", r"'synergy.loss_weights.prototype' must be >= 0"),
         ("accelerate.mixed_precision=fp8", r"'accelerate.mixed_precision' must be one of no, fp16, bf16"),
         ("data.domains=[a]", r"'data.domains' needs two or more different domains"),
         ("model.rgb_kwargs=3", r"'model.rgb_kwargs' expects a mapping"),

@@ -66,6 +66,7 @@ def test_fit_batch_to_dataset():
         fit_batch_to_dataset(128, 3, key="synergy.batch_size", multiple_of=4)
 
 
+@pytest.mark.slow
 def test_generic_recipe_on_a_tiny_folder_dataset_trains_and_says_what_it_changed(tmp_path):
     """30 images, a domain below clusters x m_per_cluster: the run finishes and its summary says so."""
     rng = np.random.default_rng(0)

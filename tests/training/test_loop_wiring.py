@@ -12,8 +12,6 @@ import torch.nn.functional as F
 from tpsnet_plugin.losses import InstanceContrastiveLoss
 from tpsnet_plugin.training import TPSNetTrainer
 
-from .test_trainer import tiny_config
-
 NO_TEXT = ("model.text_prior=false", "eval.plots=false", "accelerate.log_with=none")
 
 
@@ -22,7 +20,7 @@ class _Stop(Exception):
 
 
 @pytest.mark.parametrize("within_domain", [True, False])
-def test_the_warm_up_loss_follows_warmup_within_domain(tmp_path, within_domain):
+def test_the_warm_up_loss_follows_warmup_within_domain(tmp_path, within_domain, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path, *NO_TEXT, f"warmup.within_domain={within_domain}"))
     warmup = trainer.stages[0]
     seen = {}
@@ -47,7 +45,7 @@ def test_the_warm_up_loss_follows_warmup_within_domain(tmp_path, within_domain):
 
 
 @pytest.fixture(scope="module")
-def clustered(tmp_path_factory):
+def clustered(tmp_path_factory, tiny_config):
     """A tiny trainer after clustering, keep_ratio 0.5."""
     trainer = TPSNetTrainer(tiny_config(tmp_path_factory.mktemp("wiring"), *NO_TEXT, "cluster.keep_ratio=0.5",
                                         "warmup.epochs=0"))

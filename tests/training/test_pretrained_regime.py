@@ -19,13 +19,17 @@ from tpsnet_plugin.training import TPSNetTrainer, load_config
 from tpsnet_plugin.training.config import ConfigError
 from tpsnet_plugin.training.data import images_as_float
 
-from .test_baseline import centred_per_domain
-from .test_trainer import REPO, TINY
+from ..references import centred_per_domain
 
-PRETRAINED = [item for item in TINY if not item.startswith(("model.rgb_kwargs", "warmup", "data.image_size"))] + [
-    "data.image_size=32", "warmup.epochs=0", "model.rgb_from_clip=true", f"model.clip_model={CNN_CLIP_MODEL}",
-    "synergy.epochs=2", "eval.zero_shot=true",
-]
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_overrides):
+    """The tiny run's overrides in the pretrained regime: 32 px, no warm-up, the RGB backbone from the CLIP."""
+    return [item for item in tiny_overrides
+            if not item.startswith(("model.rgb_kwargs", "warmup", "data.image_size"))] + [
+        "data.image_size=32", "warmup.epochs=0", "model.rgb_from_clip=true", f"model.clip_model={CNN_CLIP_MODEL}",
+        "synergy.epochs=2", "eval.zero_shot=true",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +42,20 @@ def clip_file(tmp_path_factory):
     return path
 
 
-def pretrained_config(tmp_path, clip_file, *extra):
-    return load_config(REPO / "configs" / "digits.yaml", [*PRETRAINED, f"model.clip_pretrained={clip_file}", *extra],
-                       output_dir=str(tmp_path / "run"))
+@pytest.fixture(scope="module")
+def pretrained_config(repo, pretrained):
+    """``pretrained_config(tmp_path, clip_file, *extra)``: the pretrained tiny run's config with that CLIP file."""
+
+    def make(tmp_path, clip_file, *extra):
+        return load_config(repo / "configs" / "digits.yaml",
+                           [*pretrained, f"model.clip_pretrained={clip_file}", *extra],
+                           output_dir=str(tmp_path / "run"))
+
+    return make
 
 
-def test_run_starts_from_the_clip_and_reports_three_starting_points(tmp_path, clip_file):
+@pytest.mark.slow
+def test_run_starts_from_the_clip_and_reports_three_starting_points(tmp_path, clip_file, pretrained_config):
     trainer = TPSNetTrainer(pretrained_config(tmp_path, clip_file))
     clip = trainer.clip
     images = images_as_float(trainer.images)
@@ -86,7 +98,8 @@ def test_run_starts_from_the_clip_and_reports_three_starting_points(tmp_path, cl
     torch.testing.assert_close(rebuilt, trainer.epoch_embeddings(), atol=1e-4, rtol=1e-4)
 
 
-def test_repaired_labels_are_what_the_synergy_stage_trains_on(tmp_path, clip_file, monkeypatch):
+@pytest.mark.slow
+def test_repaired_labels_are_what_the_synergy_stage_trains_on(tmp_path, clip_file, monkeypatch, pretrained_config):
     from tpsnet_plugin.training import stages
 
     seen = {}
@@ -105,7 +118,7 @@ def test_repaired_labels_are_what_the_synergy_stage_trains_on(tmp_path, clip_fil
     assert total["changed"] == len(trainer.dataset)
 
 
-def test_bad_pretrained_settings_are_clear_errors(tmp_path, clip_file):
+def test_bad_pretrained_settings_are_clear_errors(tmp_path, clip_file, pretrained_config):
     tiny = open_clip.create_model(TINY_CLIP_MODEL)
     other = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(other))
@@ -125,7 +138,7 @@ def test_bad_pretrained_settings_are_clear_errors(tmp_path, clip_file):
         TPSNetTrainer(pretrained_config(tmp_path, clip_file, "data.class_names=[a, b, c]"))
 
 
-def test_zero_shot_without_class_names_is_refused(tmp_path, clip_file):
+def test_zero_shot_without_class_names_is_refused(tmp_path, clip_file, pretrained, repo):
     root = tmp_path / "data"
     lists = []
     for domain in ("a", "b"):
@@ -139,11 +152,11 @@ def test_zero_shot_without_class_names_is_refused(tmp_path, clip_file):
             lines.append(f"{domain}/{i}.png {i % 2}")
         (root / f"{domain}.txt").write_text("\n".join(lines) + "\n")
         lists.append(str(root / f"{domain}.txt"))
-    config = [*PRETRAINED, f"model.clip_pretrained={clip_file}", "data.dataset=folder", f"data.root={root}",
+    config = [*pretrained, f"model.clip_pretrained={clip_file}", "data.dataset=folder", f"data.root={root}",
               "data.layout=list", f"data.list_files=[{', '.join(lists)}]", "data.domains=[a, b]",
               "data.subset_per_domain=null"]
     with pytest.raises(ValueError, match="eval.zero_shot=true needs class names.*data.class_names"):
-        TPSNetTrainer(load_config(REPO / "configs" / "digits.yaml", config, output_dir=str(tmp_path / "run")))
-    named = TPSNetTrainer(load_config(REPO / "configs" / "digits.yaml", [*config, "data.class_names=[cat, dog]"],
+        TPSNetTrainer(load_config(repo / "configs" / "digits.yaml", config, output_dir=str(tmp_path / "run")))
+    named = TPSNetTrainer(load_config(repo / "configs" / "digits.yaml", [*config, "data.class_names=[cat, dog]"],
                                       output_dir=str(tmp_path / "run")))
     assert named.class_names == ["cat", "dog"] and "clip_zero_shot" in named.starting_point_kinds()

@@ -20,13 +20,11 @@ from tpsnet_plugin.training import NonFiniteLossError, TPSNetTrainer
 from tpsnet_plugin.training.checkpoint import CheckpointError, ResumeMismatchError, latest_checkpoint
 from tpsnet_plugin.training.run_dir import OutputDirError, TrainingInterrupted
 
-from .test_trainer import REPO, TINY, run_cli, tiny_config
-
 EXTRA = ("warmup.epochs=0", "synergy.epochs=2", "synergy.checkpoint_every=1")
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, tiny_config):
     """A finished tiny run (2 synergy epochs, checkpoints after each)."""
     root = tmp_path_factory.mktemp("finished")
     TPSNetTrainer(tiny_config(root, *EXTRA)).fit()
@@ -39,7 +37,7 @@ def run(finished, tmp_path):
     return tmp_path
 
 
-def test_a_new_run_into_a_finished_run_refuses_and_keeps_it(run):
+def test_a_new_run_into_a_finished_run_refuses_and_keeps_it(run, tiny_config):
     summary = (run / "run" / "summary.json").read_text()
     with pytest.raises(OutputDirError, match="already holds a run.*--resume.*--overwrite"):
         TPSNetTrainer(tiny_config(run, *EXTRA)).fit()
@@ -47,7 +45,8 @@ def test_a_new_run_into_a_finished_run_refuses_and_keeps_it(run):
     assert (run / "run" / "checkpoints" / "synergy-epoch002").is_dir()
 
 
-def test_overwrite_replaces_the_run(run):
+@pytest.mark.slow
+def test_overwrite_replaces_the_run(run, tiny_config):
     (run / "run" / "logs").mkdir(exist_ok=True)
     (run / "run" / "logs" / "tpsnet.csv").write_text("step,name,value\n1,old,1\n")
     TPSNetTrainer(tiny_config(run, *EXTRA, "synergy.epochs=1")).fit(overwrite=True)
@@ -58,7 +57,7 @@ def test_overwrite_replaces_the_run(run):
     assert not (run / "run" / "logs" / "tpsnet.csv").exists()  # the old CSV is not appended to
 
 
-def test_resume_falls_back_to_the_newest_complete_checkpoint(run, capsys):
+def test_resume_falls_back_to_the_newest_complete_checkpoint(run, capsys, tiny_config):
     (run / "run" / "checkpoints" / "latest").write_text("synergy-epoch009")
     trainer = TPSNetTrainer(tiny_config(run, *EXTRA))
     assert trainer.resume().name == "synergy-epoch002"
@@ -66,7 +65,7 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(run, capsys):
     assert (trainer.state.stage, trainer.state.epoch) == ("synergy", 2)
 
 
-def test_resume_without_a_complete_checkpoint_stops(run):
+def test_resume_without_a_complete_checkpoint_stops(run, tiny_config):
     shutil.rmtree(run / "run" / "checkpoints")
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         TPSNetTrainer(tiny_config(run, *EXTRA)).fit(resume=True)
@@ -81,7 +80,7 @@ def test_resume_without_a_complete_checkpoint_stops(run):
         ("seed=1", "dataset the file list or labels"),
     ],
 )
-def test_resume_refuses_another_experiment_and_lists_the_differences(run, change, listed):
+def test_resume_refuses_another_experiment_and_lists_the_differences(run, change, listed, tiny_config):
     summary = (run / "run" / "summary.json").read_text()
     with pytest.raises(ResumeMismatchError, match="Cannot resume") as error:
         TPSNetTrainer(tiny_config(run, *EXTRA, change)).fit(resume=True)
@@ -89,7 +88,8 @@ def test_resume_refuses_another_experiment_and_lists_the_differences(run, change
     assert (run / "run" / "summary.json").read_text() == summary  # nothing was written
 
 
-def test_resume_takes_new_learning_rates_and_more_epochs(run):
+@pytest.mark.slow
+def test_resume_takes_new_learning_rates_and_more_epochs(run, tiny_config):
     trainer = TPSNetTrainer(tiny_config(run, *EXTRA, "synergy.epochs=3", "synergy.lr_head=0.0005",
                                         "synergy.lr_backbone=0.0002", "eval.ks=[1, 5]"))
     summary = trainer.fit(resume=True)
@@ -98,20 +98,21 @@ def test_resume_takes_new_learning_rates_and_more_epochs(run):
         "precision_at_1", "precision_at_5", "map_at_all"}
 
 
-def test_damaged_model_file_is_named(run):
+def test_damaged_model_file_is_named(run, tiny_config):
     model = run / "run" / "checkpoints" / "synergy-epoch002" / "model.safetensors"
     model.write_bytes(model.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="synergy-epoch002.*damaged"):
         TPSNetTrainer(tiny_config(run, *EXTRA)).resume()
 
 
-def test_unrestorable_random_states_warn(run):
+def test_unrestorable_random_states_warn(run, tiny_config):
     (run / "run" / "checkpoints" / "synergy-epoch002" / "random_states_0.pkl").write_bytes(b"garbage")
     with pytest.warns(RuntimeWarning, match="random_states_0.pkl cannot be restored"):
         TPSNetTrainer(tiny_config(run, *EXTRA)).resume()
 
 
-def test_disk_full_names_the_intact_checkpoint_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_disk_full_names_the_intact_checkpoint_and_leaves_no_partial_folder(tmp_path, monkeypatch, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path, *EXTRA))
     save_state = trainer.accelerator.save_state
     calls = []
@@ -131,31 +132,33 @@ def test_disk_full_names_the_intact_checkpoint_and_leaves_no_partial_folder(tmp_
     assert sorted(p.name for p in checkpoints.iterdir()) == ["cluster-start", "latest"]
 
 
-def _cli(tmp_path, *args):
+def _cli(repo, tmp_path, *args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "examples" / "train_ucdir.py"), "--output-dir",
+    return subprocess.run([sys.executable, str(repo / "examples" / "train_ucdir.py"), "--output-dir",
                            str(tmp_path / "run"), *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--set", "synergy.epochs=ten"], "Config key 'synergy.epochs' expects an integer"),
         (["--set", "synergy.epoch=3"], "Unknown config key 'synergy.epoch'. Did you mean synergy.epochs,"),
-        (["--config", "nope.yaml"], "Config file not found: nope.yaml"),
+        (["--config", "nope.yaml"], "--config nope.yaml: no such file, and no packaged recipe"),
         (["--resume"], "does not exist"),
     ],
 )
-def test_cli_errors_are_one_clean_line(tmp_path, args, message):
-    result = _cli(tmp_path, *args)
+def test_cli_errors_are_one_clean_line(tmp_path, args, message, repo):
+    result = _cli(repo, tmp_path, *args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("train_ucdir: error: ")
     assert message in result.stderr
 
 
-def test_cli_rejects_zero_clusters(tmp_path):
-    result = _cli(tmp_path, "--num-clusters", "0")
+@pytest.mark.slow
+def test_cli_rejects_zero_clusters(tmp_path, repo):
+    result = _cli(repo, tmp_path, "--num-clusters", "0")
     assert result.returncode == 2 and "expects a positive integer" in result.stderr
 
 
@@ -174,8 +177,9 @@ def _training_processes(output_dir: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the training process through /proc")
-def test_signalled_launcher_stops_training_and_the_output_dir_is_locked(tmp_path):
+def test_signalled_launcher_stops_training_and_the_output_dir_is_locked(tmp_path, run_cli, repo):
     launcher = (str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "1",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
     process = run_cli(tmp_path, "synergy.epochs=1000", "eval.every=0", launcher=launcher)
@@ -188,7 +192,7 @@ def test_signalled_launcher_stops_training_and_the_output_dir_is_locked(tmp_path
     children = _training_processes(output_dir)
     assert children, f"the training process was not found; launcher state {process.poll()}"
 
-    second = _cli(tmp_path, "--resume")
+    second = _cli(repo, tmp_path, "--resume")
     assert second.returncode == 2 and "being written by another training process" in second.stderr
 
     os.kill(process.pid, signal.SIGTERM)  # what timeout, schedulers and `kill PID` do
@@ -214,7 +218,8 @@ def _forget_option(run_dir, section, key):
         meta_file.write_text(json.dumps(meta))
 
 
-def test_resume_accepts_an_option_newer_than_the_checkpoint_only_at_its_default(run):
+@pytest.mark.slow
+def test_resume_accepts_an_option_newer_than_the_checkpoint_only_at_its_default(run, tiny_config):
     _forget_option(run / "run", "augment", "amplitude_mix_p")
     with pytest.raises(ResumeMismatchError) as error:
         TPSNetTrainer(tiny_config(run, *EXTRA, "augment.amplitude_mix_p=1.0")).fit(resume=True)
@@ -223,8 +228,8 @@ def test_resume_accepts_an_option_newer_than_the_checkpoint_only_at_its_default(
     assert summary["last_epoch"] == 3
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("train_ucdir", REPO / "examples" / "train_ucdir.py")
+def _load_cli(repo):
+    spec = importlib.util.spec_from_file_location("train_ucdir", repo / "examples" / "train_ucdir.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -239,13 +244,14 @@ def _sets(*items):
     return [arg for item in items for arg in ("--set", item)]
 
 
-def test_pickled_code_in_weights_options_is_one_line_naming_the_file_the_key_and_where_it_was_set(tmp_path, capsys):
+def test_pickled_code_in_weights_options_is_one_line_naming_the_file_the_key_and_where_it_was_set(
+        tmp_path, capsys, tiny_overrides, repo):
     evil = tmp_path / "evil.pt"
     torch.save({"weights": _Payload()}, evil)
-    cli = _load_cli().cli
+    cli = _load_cli(repo).cli
     for option in ("model.checkpoint_path", "model.clip_pretrained"):
         extra = ["model.text_prior=true"] if option == "model.clip_pretrained" else []
-        status = cli(["--output-dir", str(tmp_path / option), *_sets(*TINY, *extra, f"{option}={evil}")])
+        status = cli(["--output-dir", str(tmp_path / option), *_sets(*tiny_overrides, *extra, f"{option}={evil}")])
         err = capsys.readouterr().err
         assert status == 2, err
         line = err.strip().splitlines()[-1]  # after the progress lines
@@ -255,7 +261,7 @@ def test_pickled_code_in_weights_options_is_one_line_naming_the_file_the_key_and
         assert line.endswith(f"({option} is set in --set)")
 
 
-def test_damaged_packaged_weights_say_the_recipe_chose_them(tmp_path, capsys, monkeypatch):
+def test_damaged_packaged_weights_say_the_recipe_chose_them(tmp_path, capsys, monkeypatch, repo):
     from tpsnet_plugin.text_prior import packaged_weights
 
     file, _ = packaged_weights.PACKAGED_WEIGHTS["tpsnet-tiny-clip"]["icons"]
@@ -266,14 +272,14 @@ def test_damaged_packaged_weights_say_the_recipe_chose_them(tmp_path, capsys, mo
             for i in range(3):
                 image = Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8))
                 image.save(tmp_path / "data" / domain / label / f"{i}.png")
-    status = _load_cli().cli(["--data-root", str(tmp_path / "data"), "--domains", "a", "b",
-                              "--output-dir", str(tmp_path / "run")])
+    status = _load_cli(repo).cli(["--data-root", str(tmp_path / "data"), "--domains", "a", "b",
+                                  "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert status == 2, err
     line = err.strip().splitlines()[-1]
     assert "Traceback" not in err
     assert "the 'icons' weights of 'tpsnet-tiny-clip' are damaged" in line
-    recipe = REPO / "tpsnet_plugin" / "configs" / "folder.yaml"
+    recipe = repo / "tpsnet_plugin" / "configs" / "folder.yaml"
     assert line.endswith(f"(model.clip_pretrained is set in the recipe 'folder' ({recipe}))")
 
 
@@ -286,12 +292,12 @@ def test_output_dir_inside_the_data_root_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "data" / "runs").exists()
 
 
-def test_resume_with_fewer_epochs_than_the_checkpoint_is_refused(run):
+def test_resume_with_fewer_epochs_than_the_checkpoint_is_refused(run, tiny_config):
     with pytest.raises(ValueError, match=r"synergy epoch 2, past the 1 epochs synergy.epochs=1.*>= 2"):
         TPSNetTrainer(tiny_config(run, *EXTRA, "synergy.epochs=1")).fit(resume=True)
 
 
-def test_a_stop_in_the_warm_up_says_there_is_nothing_to_resume(tmp_path, monkeypatch):
+def test_a_stop_in_the_warm_up_says_there_is_nothing_to_resume(tmp_path, monkeypatch, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path))
 
     def stop(*args, **kwargs):
@@ -303,7 +309,7 @@ def test_a_stop_in_the_warm_up_says_there_is_nothing_to_resume(tmp_path, monkeyp
     assert latest_checkpoint(tmp_path / "run" / "checkpoints") is None
 
 
-def test_a_nan_warm_up_loss_names_warmup_lr_and_no_resume(tmp_path, monkeypatch):
+def test_a_nan_warm_up_loss_names_warmup_lr_and_no_resume(tmp_path, monkeypatch, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path))
     monkeypatch.setattr(trainer.stages[0].loss_fn, "forward", lambda *a, **k: torch.tensor(float("nan")))
     with pytest.raises(NonFiniteLossError) as error:
@@ -314,7 +320,7 @@ def test_a_nan_warm_up_loss_names_warmup_lr_and_no_resume(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_a_stop_signal_with_dataloader_workers_is_one_line_saying_how_to_continue(tmp_path):
+def test_a_stop_signal_with_dataloader_workers_is_one_line_saying_how_to_continue(tmp_path, run_cli):
     # `timeout` sends SIGTERM to the whole process group: the DataLoader workers die of it too, and torch
     # used to add a "worker killed by signal" traceback after the stop.
     process = run_cli(tmp_path, "data.num_workers=2", "synergy.epochs=1000", "eval.every=0",

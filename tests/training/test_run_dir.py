@@ -72,6 +72,7 @@ def test_resume_needs_an_existing_folder(tmp_path):
         check_output_dir(tmp_path, resume=True, overwrite=True)
 
 
+@pytest.mark.slow
 def test_lock_refuses_a_second_writer_naming_its_pid(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from tpsnet_plugin.training.run_dir import OutputDirLock; "

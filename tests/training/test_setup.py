@@ -1,47 +1,15 @@
-"""The training setup: loss table keyed by term name with loss_weights, optimizer groups."""
+"""The training setup: optimizer groups."""
 
-import pytest
 import torch
-from pytorch_metric_learning.losses import NTXentLoss
 
-from tpsnet_plugin.losses import ImageTextCrossEntropyLoss, InstanceContrastiveLoss, PrototypeCrossEntropyLoss
-from tpsnet_plugin.miners import DomainPromptMiner
 from tpsnet_plugin.models import create_tpsnet
-from tpsnet_plugin.training import build_losses, build_optimizer, default_config
+from tpsnet_plugin.training import build_optimizer, default_config
 
 
 def synergy(**weights):
     config = default_config()["synergy"]
     config["loss_weights"].update(weights)
     return config
-
-
-def test_loss_table_builds_each_weighted_term():
-    table = build_losses(synergy(miner=0.5), num_clusters=5, embed_dim=8, text_prior=True)
-    assert set(table.loss_funcs) == {"prototype", "image_text", "instance", "miner"}
-    assert isinstance(table.loss_funcs["prototype"], PrototypeCrossEntropyLoss)
-    assert isinstance(table.loss_funcs["image_text"], ImageTextCrossEntropyLoss)
-    assert isinstance(table.loss_funcs["instance"], InstanceContrastiveLoss)
-    assert isinstance(table.loss_funcs["miner"], NTXentLoss)
-    assert isinstance(table.mining_funcs["miner"], DomainPromptMiner)
-    assert table.loss_weights == {"prototype": 1.0, "image_text": 1.0, "instance": 1.0, "miner": 0.5}
-
-
-def test_zero_weight_and_missing_text_prior_drop_terms():
-    table = build_losses(synergy(instance=0.0), num_clusters=5, embed_dim=8, text_prior=False)
-    assert set(table.loss_funcs) == set(table.loss_weights) == {"prototype"}
-
-
-def test_total_is_the_weighted_sum():
-    table = build_losses(synergy(prototype=2.0, instance=0.25), num_clusters=5, embed_dim=8, text_prior=False)
-    terms = {"prototype": torch.tensor(3.0), "instance": torch.tensor(4.0)}
-    assert table.total(terms).item() == pytest.approx(2.0 * 3.0 + 0.25 * 4.0)
-
-
-def test_instance_within_domain_comes_from_the_synergy_section():
-    config = synergy()
-    config["instance_within_domain"] = False
-    assert build_losses(config, 5, 8, text_prior=False).loss_funcs["instance"].within_domain is False
 
 
 def test_optimizer_groups_split_timm_networks_from_new_heads():

@@ -13,8 +13,6 @@ from tpsnet_plugin.training import (
     WarmupStage,
 )
 
-from .test_trainer import tiny_config
-
 
 class RecordingHook(EndOfEpochHook):
     def __init__(self):
@@ -25,7 +23,7 @@ class RecordingHook(EndOfEpochHook):
         self.calls.append((stage.name, trainer.state.epoch, dict(stage.epoch_losses)))
 
 
-def test_stages_follow_the_config(tmp_path):
+def test_stages_follow_the_config(tmp_path, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path))
     assert [type(s) for s in trainer.stages] == [WarmupStage, ClusteringStage, PromptStage, SynergyStage]
     assert [s.name for s in trainer.stages] == ["warmup", "cluster", "prompts", "synergy"]
@@ -33,7 +31,8 @@ def test_stages_follow_the_config(tmp_path):
     assert [s.name for s in ablation.stages] == ["warmup", "cluster", "synergy"]
 
 
-def test_fit_runs_each_stage_once_in_order_and_checkpoints_between(tmp_path):
+@pytest.mark.slow
+def test_fit_runs_each_stage_once_in_order_and_checkpoints_between(tmp_path, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path, "synergy.epochs=2", "synergy.checkpoint_every=100"))
     order, saved = [], []
     for stage in trainer.stages:
@@ -60,7 +59,8 @@ def test_fit_runs_each_stage_once_in_order_and_checkpoints_between(tmp_path):
     assert all(torch.isfinite(torch.tensor(list(losses.values()))).all() for _, _, losses in hook.calls)
 
 
-def test_a_custom_stage_is_a_run_method(tmp_path):
+@pytest.mark.slow
+def test_a_custom_stage_is_a_run_method(tmp_path, tiny_config):
     class CountClusters(Stage):
         name = "cluster"
 
@@ -76,7 +76,7 @@ def test_a_custom_stage_is_a_run_method(tmp_path):
 
 
 @pytest.mark.parametrize("position", [2, 3])
-def test_label_stages_need_a_clustering_first(tmp_path, position):
+def test_label_stages_need_a_clustering_first(tmp_path, position, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path, "warmup.epochs=0"))
     with pytest.raises(RuntimeError, match="needs pseudo-labels: run a ClusteringStage"):
         trainer.stages[position].run(trainer)
@@ -92,7 +92,8 @@ def test_min_steps_raise_the_epochs_of_small_datasets(epochs, min_steps, steps_p
     assert resolve_epochs(epochs, min_steps, steps_per_epoch) == expected
 
 
-def test_min_steps_in_a_run(tmp_path):
+@pytest.mark.slow
+def test_min_steps_in_a_run(tmp_path, tiny_config):
     # 2 x 96 images: warm-up batches of 64 give 3 steps per epoch, synergy batches of 32 give 6.
     trainer = TPSNetTrainer(tiny_config(tmp_path, "warmup.min_steps=10", "synergy.epochs=1", "synergy.min_steps=12",
                                         "eval.every=0", "cluster.recluster_every=0"))

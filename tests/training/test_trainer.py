@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,43 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tpsnet_plugin.training import NonFiniteLossError, TPSNetTrainer, load_config
+from tpsnet_plugin.training import NonFiniteLossError, TPSNetTrainer
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "data.subset_per_domain=96",
-    "data.image_size=16",
-    "model.phase_kwargs={widths: [8, 8, 16, 16]}",
-    "model.rgb_kwargs={widths: [8, 16, 16, 32]}",
-    "warmup.epochs=1",
-    "warmup.batch_size=64",
-    "cluster.nredo=1",
-    "cluster.niter=5",
-    "prompts.epochs=2",
-    "prompts.repair_every=1",
-    "synergy.epochs=3",
-    "synergy.batch_size=32",
-    "eval.every=1",
-    "eval.batch_size=40",
-    "eval.plots=false",
-    "accelerate.log_with=none",
-]
+# every test here trains (fit(), a CLI subprocess or accelerate launch) or compiles: all end-to-end
+pytestmark = pytest.mark.slow
 
 
-def tiny_config(tmp_path, *extra):
-    return load_config(REPO / "configs" / "digits.yaml", [*TINY, *extra], output_dir=str(tmp_path / "run"))
-
-
-def run_cli(tmp_path, *extra, launcher=(sys.executable,), **popen):
-    flags = [item for item in extra if item.startswith("--")]
-    args = [*launcher, str(REPO / "examples" / "train_ucdir.py"), "--output-dir", str(tmp_path / "run"), *flags]
-    for item in [*TINY, *(item for item in extra if not item.startswith("--"))]:
-        args += ["--set", item]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
-
-
-def test_fit_writes_summary_metrics_and_model(tmp_path):
+def test_fit_writes_summary_metrics_and_model(tmp_path, tiny_config):
     summary = TPSNetTrainer(tiny_config(tmp_path, "eval.plots=true", "eval.tsne_max_points=100")).fit()
     run = tmp_path / "run"
     directions = {"handwritten-mnist->printed", "printed->handwritten-mnist"}
@@ -87,7 +56,7 @@ def test_fit_writes_summary_metrics_and_model(tmp_path):
 
 
 @pytest.mark.parametrize("switch", ["model.text_prior=false", "model.phase_prior=false"])
-def test_ablation_switches_run(tmp_path, switch):
+def test_ablation_switches_run(tmp_path, switch, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path, switch, "synergy.epochs=1", "warmup.epochs=0"))
     summary = trainer.fit()
     if switch.startswith("model.text_prior"):
@@ -97,7 +66,7 @@ def test_ablation_switches_run(tmp_path, switch):
     assert summary["last"]
 
 
-def test_nan_loss_stops_with_stage_epoch_term_and_keeps_checkpoint(tmp_path, monkeypatch):
+def test_nan_loss_stops_with_stage_epoch_term_and_keeps_checkpoint(tmp_path, monkeypatch, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path, "warmup.epochs=0"))
     monkeypatch.setattr(trainer.losses.loss_funcs["prototype"], "forward", lambda *a, **k: torch.tensor(float("nan")))
     with pytest.raises(NonFiniteLossError, match=r"'prototype'.*stage 'synergy', epoch 0"):
@@ -106,7 +75,7 @@ def test_nan_loss_stops_with_stage_epoch_term_and_keeps_checkpoint(tmp_path, mon
     assert latest == "synergy-start"
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, run_cli):
     # Re-clustering every epoch: the resumed part re-clusters (warm start from the restored clusterer).
     extra = ("synergy.epochs=5", "synergy.checkpoint_every=1", "cluster.recluster_every=1")
     reference = run_cli(tmp_path / "reference", *extra)
@@ -140,7 +109,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert actual_summary["oracle_best"] == expected_summary["oracle_best"]
 
 
-def test_two_processes_gather_each_image_once_and_match_one_process_evaluation(tmp_path):
+def test_two_processes_gather_each_image_once_and_match_one_process_evaluation(tmp_path, run_cli, tiny_config):
     launcher = (str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "2",
                 "--num_machines", "1", "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no")
     # 2 x 97 images over 2 processes with eval batches of 40: the last batches are padded.
@@ -162,7 +131,7 @@ def test_two_processes_gather_each_image_once_and_match_one_process_evaluation(t
             assert results[direction][name] == pytest.approx(value, abs=1e-3), (direction, name)
 
 
-def test_compiled_phase_branch_under_accelerate_embeds_like_eager(tmp_path):
+def test_compiled_phase_branch_under_accelerate_embeds_like_eager(tmp_path, tiny_config):
     # model.compile forced on the CPU (auto leaves CPU runs eager): the trainer's model, prepared
     # by Accelerate, embeds like the eager one (same seed, same initial weights), and saves the
     # same state_dict keys, so compile can change on --resume.

@@ -32,8 +32,6 @@ import torch
 from tpsnet_plugin.evaluation import mean_metrics
 from tpsnet_plugin.training import TPSNetTrainer
 
-from .test_trainer import tiny_config
-
 LEARNS = (
     "model.text_prior=false",  # no stage 1 and no CLIP: the loop under test is warm-up -> cluster -> synergy
     "eval.zero_shot=false",
@@ -64,7 +62,7 @@ def logged_losses(run_dir):
     return {stage: [by_epoch[epoch] for epoch in sorted(by_epoch)] for stage, by_epoch in epochs.items()}
 
 
-def train(tmp_path, seed=0):
+def train(tiny_config, tmp_path, seed=0):
     """The tiny run: its summary, logged losses, mean P@1 at the synergy start and each synergy batch's labels."""
     trainer = TPSNetTrainer(tiny_config(tmp_path, *LEARNS, f"seed={seed}"))
     stage = trainer.stages[-1]
@@ -86,8 +84,8 @@ def train(tmp_path, seed=0):
 
 
 @pytest.mark.slow
-def test_tiny_run_beats_its_starting_points_and_descends_its_losses(tmp_path):
-    run = train(tmp_path, seed=0)
+def test_tiny_run_beats_its_starting_points_and_descends_its_losses(tmp_path, tiny_config):
+    run = train(tiny_config, tmp_path, seed=0)
 
     # the sampler gets the current pseudo-labels: every batch is groups of m images of one cluster each
     m = run["m"]

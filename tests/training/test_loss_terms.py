@@ -1,0 +1,79 @@
+"""The synergy loss terms: built by weight from the config, each computed from one batch."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.losses import NTXentLoss
+
+from tpsnet_plugin.losses import ImageTextCrossEntropyLoss, InstanceContrastiveLoss, PrototypeCrossEntropyLoss
+from tpsnet_plugin.miners import DomainPromptMiner
+from tpsnet_plugin.training import LOSS_TERMS, SynergyBatch, build_losses, default_config
+from tpsnet_plugin.utils import encode_domain_labels
+
+
+def synergy(**weights):
+    config = default_config()["synergy"]
+    config["loss_weights"].update(weights)
+    return config
+
+
+def test_loss_table_builds_each_weighted_term():
+    table = build_losses(synergy(miner=0.5), num_clusters=5, embed_dim=8, text_prior=True)
+    assert set(table.loss_funcs) == {"prototype", "image_text", "instance", "miner"}
+    assert isinstance(table.loss_funcs["prototype"], PrototypeCrossEntropyLoss)
+    assert isinstance(table.loss_funcs["image_text"], ImageTextCrossEntropyLoss)
+    assert isinstance(table.loss_funcs["instance"], InstanceContrastiveLoss)
+    assert isinstance(table.loss_funcs["miner"], NTXentLoss)
+    assert isinstance(table.mining_funcs["miner"], DomainPromptMiner)
+    assert table.loss_weights == {"prototype": 1.0, "image_text": 1.0, "instance": 1.0, "miner": 0.5}
+
+
+def test_zero_weight_and_missing_text_prior_drop_terms():
+    table = build_losses(synergy(instance=0.0), num_clusters=5, embed_dim=8, text_prior=False)
+    assert set(table.loss_funcs) == set(table.loss_weights) == {"prototype"}
+
+
+def test_total_is_the_weighted_sum():
+    table = build_losses(synergy(prototype=2.0, instance=0.25), num_clusters=5, embed_dim=8, text_prior=False)
+    terms = {"prototype": torch.tensor(3.0), "instance": torch.tensor(4.0)}
+    assert table.total(terms).item() == pytest.approx(2.0 * 3.0 + 0.25 * 4.0)
+
+
+def test_instance_within_domain_comes_from_the_synergy_section():
+    config = synergy()
+    config["instance_within_domain"] = False
+    assert build_losses(config, 5, 8, text_prior=False).loss_funcs["instance"].within_domain is False
+
+
+def test_each_term_computes_what_its_loss_gives_on_the_batch_it_declares():
+    torch.manual_seed(0)
+    num_clusters, dim = 5, 8
+    table = build_losses(synergy(miner=0.5), num_clusters=num_clusters, embed_dim=dim, text_prior=True)
+    assert list(table.terms) == list(LOSS_TERMS)  # computed and logged in the registry's order
+    text = F.normalize(torch.randn(2, num_clusters, dim), dim=-1)
+    table.set_text_features(text)
+    assert torch.equal(table.loss_funcs["image_text"].text_features, text)
+    assert torch.equal(table.mining_funcs["miner"].text_features, text)
+    table.loss_funcs["prototype"].init_prototypes(F.normalize(torch.randn(num_clusters, dim), dim=-1))
+    for loss in table.loss_funcs.values():
+        loss.eval()  # no prototype update: the references below see the same state
+    view1, view2 = (F.normalize(torch.randn(12, dim), dim=-1) for _ in range(2))
+    domains, clusters = torch.arange(12) % 2, torch.arange(12) % num_clusters
+    keep = torch.tensor([True, False] * 6)
+    batch = SynergyBatch(view1, view2, domains, clusters, keep, num_clusters)
+    terms = table.compute(batch)
+
+    both, both_keep = torch.cat([view1, view2]), keep.repeat(2)
+    both_combined = encode_domain_labels(domains.repeat(2), clusters.repeat(2), num_clusters)
+    combined = encode_domain_labels(domains, clusters, num_clusters)
+    funcs, miner = table.loss_funcs, table.mining_funcs["miner"]
+    expected = {
+        "prototype": funcs["prototype"](both[both_keep], clusters.repeat(2)[both_keep]),
+        "image_text": funcs["image_text"](both[both_keep], both_combined[both_keep]),
+        "instance": funcs["instance"](view1, domains, ref_emb=view2),
+        "miner": funcs["miner"](view1, combined, miner(view1, combined)),
+    }
+    assert list(terms) == list(expected)
+    for name, value in expected.items():
+        assert torch.allclose(terms[name], value), name
+    assert table.total(terms).item() == pytest.approx(sum(table.loss_weights[n] * v.item() for n, v in terms.items()))
