@@ -269,7 +269,7 @@ def run(args) -> dict:
             with torch.no_grad():
                 trainer.model.set_text_features(
                     torch.nn.functional.normalize(trainer.prompt_learner().float(), dim=-1))
-        trainer.set_text_features_of_losses()
+        trainer.losses.set_text_features(trainer.model.text_features)
         trainer.stage_model.train()
         timers: list[TimedIterable] = []
         progress = trainer.progress

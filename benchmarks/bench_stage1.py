@@ -95,7 +95,7 @@ def main() -> None:
 
         with torch.no_grad():
             trainer.model.set_text_features(F.normalize(learner().float(), dim=-1))
-        trainer.set_text_features_of_losses()
+        trainer.losses.set_text_features(trainer.model.text_features)
         trainer.init_prototypes(trainer.embed())
         synergy = next(stage for stage in trainer.stages if isinstance(stage, SynergyStage))
         trainer.stage_model.train()

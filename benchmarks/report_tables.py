@@ -11,7 +11,8 @@ A generated table sits between two markers in a Markdown file::
 and the centred raw-pixel starting point. Studies written before starting points were centred
 take it from ``baselines_centred.json`` (``benchmarks/rederive_baselines.py``) and show the
 uncentred number beside it. ``summary`` is the README's table of the shipped recipes;
-``wall_times`` the README's times of ``make demo`` and ``make test`` (``benchmarks/wall_times.py``).
+``wall_times`` (a table) and ``wall_times_line`` (a sentence) the times of ``make demo`` and
+``make test`` on a fresh clone (``benchmarks/wall_times.py``).
 
     python benchmarks/report_tables.py            # rewrite every marked table
     python benchmarks/report_tables.py --check    # exit status 1 when a table differs from the JSON
@@ -28,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCUMENTS = ("README.md", "docs/results.md", "docs/studies/2026-12-recipe-history.md")
+DOCUMENTS = ("README.md", "docs/results.md", "docs/benchmarks.md", "docs/studies/2026-12-recipe-history.md")
 MARKER = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 STARTING_POINTS = {"raw_pixels": "raw pixels", "frozen_start": "frozen start (CLIP image tower)",
                    "clip_zero_shot": "CLIP zero-shot (uses class names)", "frozen_clip": "frozen icons CLIP"}
@@ -52,7 +53,9 @@ SUMMARY = (
 
 
 def load(name: str) -> dict:
-    return json.loads((RESULTS / f"{name}.json").read_text())
+    """A result JSON by name: in ``benchmarks/results/``, or archived in its ``archive/`` folder."""
+    path = RESULTS / f"{name}.json"
+    return json.loads((path if path.exists() else RESULTS / "archive" / f"{name}.json").read_text())
 
 
 def last_epoch_p1(curve: list[dict]) -> float:
@@ -149,6 +152,19 @@ def wall_times_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def wall_times_line() -> str:
+    """One sentence for the README: each command's time and the machine."""
+    record = load("wall_times")
+    times = []
+    for command, result in record["commands"].items():
+        minutes, seconds = divmod(round(result["seconds"]), 60)
+        times.append(f"`make {command}` {minutes} min {seconds:02d} s" + ("" if result["returncode"] == 0 else
+                                                                          f" (exit status {result['returncode']})"))
+    machine = record["machine"]
+    return (f"On a fresh clone, install included ({machine['nproc']} CPU cores, `python benchmarks/wall_times.py`): "
+            f"{', '.join(times)}.\n")
+
+
 def render(spec: str) -> str:
     kind, *args = spec.split()
     if kind == "study":
@@ -157,6 +173,8 @@ def render(spec: str) -> str:
         return summary_table()
     if kind == "wall_times":
         return wall_times_table()
+    if kind == "wall_times_line":
+        return wall_times_line()
     raise ValueError(f"unknown table kind {kind!r} in <!-- table: {spec} -->")
 
 

@@ -28,8 +28,10 @@ def time_command(command: str) -> dict:
         start = time.perf_counter()
         result = subprocess.run(["make", command], cwd=clone, capture_output=True, text=True)
         seconds = time.perf_counter() - start
-    tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
-    return {"seconds": round(seconds, 1), "returncode": result.returncode, "output_tail": tail}
+    # pip's warnings go to stderr; what the command reports (a test summary, a traceback) to stdout
+    return {"seconds": round(seconds, 1), "returncode": result.returncode,
+            "stdout_tail": result.stdout.strip().splitlines()[-8:],
+            "stderr_tail": [line for line in result.stderr.strip().splitlines() if "is ignored" not in line][-8:]}
 
 
 def main(argv=None) -> dict:

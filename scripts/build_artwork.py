@@ -103,10 +103,10 @@ from tpsnet_plugin.data.icons import (  # noqa: E402
     MARKER,
     PROVENANCE,
     cache_dir,
-    file_sha256,
     load_manifest,
 )
 from tpsnet_plugin.data.icons import default_cache_dir as icons_cache_dir  # noqa: E402
+from tpsnet_plugin.utils.io import file_sha256  # noqa: E402
 
 __all__ = [
     "BROKEN_FILES",

@@ -97,9 +97,9 @@ from tpsnet_plugin.data.icons import (  # noqa: E402
     TEMPLATES,
     caption_from_name,
     default_cache_dir,
-    file_sha256,
     rebuild_command,
 )
+from tpsnet_plugin.utils.io import file_sha256  # noqa: E402
 
 __all__ = [
     "DEFAULT_HOLDOUT",

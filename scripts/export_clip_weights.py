@@ -14,7 +14,6 @@ exit with status 2.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import tpsnet_plugin  # noqa: F401  (registers the model configs)
 import open_clip
 
 from tpsnet_plugin.text_prior.packaged_weights import WEIGHTS_DIR
+from tpsnet_plugin.utils.io import file_sha256
 
 _FIX = "pass the model.safetensors that scripts/pretrain_clip.py wrote (copy it again if it was cut short)"
 
@@ -61,7 +61,7 @@ def export(weights: Path, model: str, tag: str, out_dir: Path = WEIGHTS_DIR) -> 
     half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     path = Path(out_dir) / f"{model}-{tag}.safetensors"
     save_file(half, str(path), metadata={"model": model, "tag": tag})
-    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+    return path, file_sha256(path)
 
 
 def main(argv=None) -> int:

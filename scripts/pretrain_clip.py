@@ -67,7 +67,8 @@ from tpsnet_plugin.data.digits import CLASSES as DIGIT_CLASSES
 from tpsnet_plugin.data.digits import DigitsDomain
 from tpsnet_plugin.data.icons import TEMPLATES, IncompleteCorpusError, cache_dir, default_cache_dir, load_manifest
 from tpsnet_plugin.text_prior import TINY_CLIP_MODEL
-from tpsnet_plugin.text_prior.icons_clip import load_images, preprocess
+from tpsnet_plugin.text_prior.domain_prompt_learner import clip_preprocess
+from tpsnet_plugin.text_prior.icons_clip import load_images
 from tpsnet_plugin.text_prior.packaged_weights import PackagedWeightsError
 from tpsnet_plugin.training.checkpoint import META, CheckpointError, check_weights_file, read_checkpoint_meta
 from tpsnet_plugin.utils.cli import positive_int
@@ -492,7 +493,7 @@ def train(args: argparse.Namespace) -> int:
         indices = sampler.batch(args.batch_size)
         batch = augment(images[indices], flippable[indices], streams.generator, args.tint_p,
                         args.invert_p).to(accelerator.device)
-        batch = preprocess(batch, unwrapped)
+        batch = clip_preprocess(unwrapped, batch)
         texts = [streams.python.choice(TEMPLATES).format(pick_caption(captions[i], streams.python))
                  for i in indices]
         tokens = tokenizer(texts).to(accelerator.device)

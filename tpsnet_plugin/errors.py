@@ -56,3 +56,9 @@ def describe_unsafe_pickle(error: BaseException) -> str | None:
     ``weights_only`` refusal; None for any other error (a damaged file)."""
     found = re.search(r"(?:GLOBAL |Unsupported globals?: )([\w.]*\w)", str(error))
     return found.group(1) if found else None
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type name when empty), for one-line messages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -25,133 +24,40 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
-from . import _torchvision_compat  # noqa: F401
 from .data import IMG_EXTENSIONS, default_transform
 from .data.folder import find_images
 from .data.icons import cache_dir
 from .data.image_io import load_rgb
-from .errors import DataError, TPSNetError, WeightsFileError
+from .errors import DataError, TPSNetError, first_line
 from .evaluation.knn import top_k
-from .models import TPSNet, create_tpsnet
-from .training.config import ConfigError, read_config_file
-from .utils.cli import positive_int
-from .utils.io import atomic_save_numpy
+from .models import TPSNet, load_pretrained
+from .utils.cli import positive_int, report_user_error
+from .utils.io import atomic_save_numpy, file_sha256
 
-_HASH_CHUNK = 1 << 20
 _PROG = "retrieve"
-_META_KEYS = ("embed_dim", "num_domains", "num_clusters")
 
 
 def load_trained_model(checkpoint: str | Path) -> tuple[TPSNet, dict]:
-    """Load the final model of a run's output dir; returns ``(model, config)``.
+    """Load the final model of a run's output dir (or its ``model/`` folder); returns ``(model, config)``.
 
-    ``config["model_meta"]`` holds the run's ``model_meta.json``, with ``image_size`` resolved.
+    ``config`` is the model's own config (``model/config.json``: architecture, ``image_size``,
+    domain and class names, normalisation); runs written before it are read from
+    ``model_meta.json`` and the run's ``config.yaml``.
 
     Raises:
-        FileNotFoundError: ``config.yaml``, ``model/model_meta.json`` or ``model/model.safetensors``
-            is missing.
-        ConfigError: ``config.yaml`` is damaged or describes no model that can be built.
-        WeightsFileError: The weights or ``model_meta.json`` are damaged, or the weights belong to
+        FileNotFoundError: The weights or the model config are missing.
+        ConfigError: The config describes no model that can be built.
+        WeightsFileError: The weights or a config file are damaged, or the weights belong to
             another architecture.
     """
-    checkpoint = Path(checkpoint)
-    weights, meta_file, config_file = (
-        checkpoint / "model" / "model.safetensors",
-        checkpoint / "model" / "model_meta.json",
-        checkpoint / "config.yaml",
-    )
-    for path in (weights, meta_file, config_file):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} is missing: --checkpoint must be the output dir of a finished run "
-                "(examples/train_ucdir.py writes config.yaml and model/ at the end)"
-            )
-    config, meta = _read_config(config_file), _read_meta(meta_file)
-    meta["image_size"] = _image_size(config, meta, config_file)
-    # the trained weights replace any pretrained ones: build the architecture only
-    try:
-        model = create_tpsnet(config["model"], meta["embed_dim"], meta["num_domains"],
-                              meta["num_clusters"], pretrained=False)
-    except TPSNetError:  # names its own fix (e.g. the packaged CLIP of model.rgb_from_clip)
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise ConfigError(
-            f"{config_file} does not describe a model that can be built ({type(error).__name__}: "
-            f"{_first_line(error)}); restore the run's config.yaml, or train the run again"
-        ) from None
-    try:
-        state = load_file(str(weights))
-    except Exception as error:  # safetensors reports damaged files with its own error type
-        raise WeightsFileError(
-            f"{weights} is damaged or truncated ({error}); train the run again, or copy the file again"
-        ) from None
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, ValueError) as error:  # shapes or keys differ; text features of another width
-        raise WeightsFileError(
-            f"{weights} holds the weights of another model than the run's config.yaml and model_meta.json describe "
-            f"(model.rgb_backbone={config['model'].get('rgb_backbone')!r}, embed_dim={meta['embed_dim']}): "
-            f"{_mismatch(model, state, error)}; use the model/ folder and config.yaml of one run"
-        ) from None
-    config["model_meta"] = meta  # the trained run's facts (image size after data.image_size=auto, ...)
-    return model.eval(), config
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _read_config(path: Path) -> dict:
-    """The run's ``config.yaml``: a mapping with ``model`` and ``data`` sections, or an error naming it."""
-    try:
-        config = read_config_file(path)
-    except ValueError as error:  # ConfigError: not UTF-8, not YAML (file and line named), not a mapping
-        raise ConfigError(f"{error}; restore the run's config.yaml, or train the run again") from None
-    if not all(isinstance(config.get(section), dict) for section in ("model", "data")):
-        raise ConfigError(f"{path} has no model and data sections: it is not a run's config.yaml; "
-                          "restore it, or train the run again")
-    return config
-
-
-def _read_meta(path: Path) -> dict:
-    """The run's ``model_meta.json``: positive integer ``embed_dim``, ``num_domains``, ``num_clusters``."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:  # not UTF-8, not JSON
-        meta, reason = None, _first_line(error)
-    else:
-        reason = f"it needs positive integers {', '.join(_META_KEYS)}"
-    if isinstance(meta, dict) and all(_positive_int(meta.get(key)) for key in _META_KEYS):
-        return meta
-    raise WeightsFileError(f"{path} is damaged ({reason}); train the run again, or copy the model/ folder again")
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _image_size(config: dict, meta: dict, config_file: Path) -> int:
-    """The side the model was trained on: the meta's (after ``data.image_size=auto``), else the config's."""
-    size = meta.get("image_size") or config["data"].get("image_size")
-    if not _positive_int(size):
-        raise ConfigError(f"{config_file} gives no image size the model was trained on (data.image_size="
-                          f"{size!r}); restore the run's config.yaml and model_meta.json, or train it again")
-    return size
-
-
-def _mismatch(model: TPSNet, state: dict[str, torch.Tensor], error: Exception) -> str:
-    """The differences between a state dict and a model, in one line: counts and the first of each."""
-    expected = model.state_dict()
-    shapes = [f"{key} is {list(state[key].shape)} in the file, {list(value.shape)} in the model"
-              for key, value in expected.items() if key in state and state[key].shape != value.shape]
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    parts = [f"{len(found)} {what} (first: {found[0]})" for found, what in (
-        (shapes, "tensor shapes differ"), (missing, "tensors missing"), (unexpected, "unexpected tensors")) if found]
-    return ", ".join(parts) or _first_line(error)
+    folder = Path(checkpoint)
+    if (folder / "model").is_dir():
+        folder = folder / "model"
+    elif not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder / 'model'} is missing: --checkpoint must be the output dir of a finished "
+                                "run (the training command writes model/ at the end)")
+    return load_pretrained(folder)
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -215,7 +121,7 @@ def _read_cache(cache: Path, shape: tuple[int, int]) -> np.ndarray | None:
     try:
         features = np.load(cache, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:  # truncated, not an .npy file, unreadable
-        reason = _first_line(error)
+        reason = first_line(error)
     else:
         if features.dtype == np.float32 and features.shape == shape and np.isfinite(features).all():
             return features
@@ -232,7 +138,7 @@ def _write_cache(caches: list[Path], features: np.ndarray) -> None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             atomic_save_numpy(cache, features)
         except OSError as error:  # read-only folder or file system, no space left, ...
-            refused.append(f"{cache.parent} ({error.strerror or _first_line(error)})")
+            refused.append(f"{cache.parent} ({error.strerror or first_line(error)})")
             continue
         if refused:
             warnings.warn(f"cannot write the retrieval cache to {refused[0]}; cached in {cache.parent} instead",
@@ -248,10 +154,7 @@ def _cache_key(checkpoint: Path, paths: list[Path], image_size: int) -> str:
     The weights are hashed in full: retraining into the same dir gives a file of the same size
     and header, so only its content tells two models apart.
     """
-    digest = hashlib.sha256()
-    with open(checkpoint / "model" / "model.safetensors", "rb") as weights:
-        for chunk in iter(lambda: weights.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
+    digest = hashlib.sha256(file_sha256(checkpoint / "model" / "model.safetensors").encode())
     digest.update(f"image_size={image_size}\n".encode())
     for p in paths:
         stat = p.stat()
@@ -270,7 +173,7 @@ def main(argv=None) -> list[dict]:
 
     checkpoint = Path(args.checkpoint)
     model, config = load_trained_model(checkpoint)
-    size = config["model_meta"]["image_size"]
+    size = config["image_size"]
     paths, gallery = gallery_embeddings(model, checkpoint, Path(args.gallery), size)
     query_paths = [Path(q) for q in args.query]
     queries = embed_images(model, query_paths, size)
@@ -311,8 +214,7 @@ def cli(argv=None) -> int:
         try:
             main(argv)
         except (TPSNetError, OSError) as error:  # anything else is a bug: its traceback is kept
-            print(f"{_PROG}: error: {error}", file=sys.stderr)
-            return 2
+            return report_user_error(_PROG, error)
     return 0
 
 

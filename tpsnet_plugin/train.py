@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
 import yaml
@@ -26,7 +25,7 @@ from .errors import TPSNetError
 from .training import TPSNetTrainer, load_config
 from .training.config import ConfigError, read_config_file
 from .training.run_dir import TrainingInterrupted, stop_on_signals
-from .utils.cli import positive_int
+from .utils.cli import positive_int, report_user_error
 
 RECIPES_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_RECIPE = "digits"  # the embedded Digits data
@@ -132,15 +131,9 @@ def cli(argv=None, prog: str = "tpsnet-train") -> int:
         print(f"{prog}: {reason}", file=sys.stderr)
         return 130
     except USER_ERRORS as error:
-        if args.debug:
-            traceback.print_exc()
-            return 2
-        message = str(error)
         option = getattr(error, "option", None)
-        if option:
-            message = f"{message} ({option} is set in {where_set(option, args)})"
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
+        where = f"{option} is set in {where_set(option, args)}" if option and not args.debug else ""
+        return report_user_error(prog, error, args.debug, where)
     return 0
 
 

@@ -12,7 +12,6 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from .. import _torchvision_compat  # noqa: F401  (before timm)
 from ..errors import ConfigError, WeightsFileError, describe_unsafe_pickle
 from . import small_cnn as _small_cnn  # noqa: F401  (registers "small_cnn" with timm)
 from .phase import phase_only

@@ -19,8 +19,6 @@ from timm.layers import ClassifierHead, ConvNormAct
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from .. import _torchvision_compat  # noqa: F401  (before timm)
-
 __all__ = ["SmallCNN"]
 
 

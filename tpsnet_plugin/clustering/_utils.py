@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows of ``x`` scaled to unit L2 norm (zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def to_numpy(array, dtype) -> np.ndarray:
-    """``array`` (tensor, array or sequence) as a NumPy array of ``dtype``."""
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    return np.asarray(array, dtype=dtype)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..evaluation.pseudo_label_metrics import pseudo_label_scores
-from ._utils import l2_normalize, to_numpy
+from ..utils.arrays import to_numpy
+from ._utils import l2_normalize
 from .alignment import BaseAlignment, create_alignment
 from .base_kmeans import assign
 from .centroids import cluster_centroids

@@ -1,4 +1,4 @@
-from .digits import CLASSES, DOMAINS, DigitsDomain, load_domain, raw_pixel_features
+from .digits import CLASSES, DOMAINS, DigitsDomain, load_domain
 from .folder import IMG_EXTENSIONS, DomainImageFolder
 from .multi_domain import MultiDomainDataset, build_folder_domains
 from .subset import DomainSubset
@@ -15,5 +15,4 @@ __all__ = [
     "build_folder_domains",
     "default_transform",
     "load_domain",
-    "raw_pixel_features",
 ]

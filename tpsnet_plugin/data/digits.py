@@ -37,7 +37,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..evaluation.baseline import raw_pixel_features as _gray_pixel_features
 
 DOMAINS = ("handwritten-uci", "handwritten-mnist", "printed", "handwriting-fonts", "mnist-m",
            "handwritten-mnist-half")
@@ -240,19 +239,3 @@ class DigitsDomain(Dataset):
             default (no ``transform``) items.
         """
         return self._stored_tensor().expand(-1, self.channels, -1, -1).clone()
-
-
-def raw_pixel_features(domain: str, image_size: int = 28) -> np.ndarray:
-    """Flattened gray pixels of a domain, for the raw-pixel retrieval baseline.
-
-    An RGB domain is turned gray by the mean of its channels (see :class:`DigitsDomain`).
-
-    Args:
-        domain: One of :data:`DOMAINS`.
-        image_size: Side the images are resized to before flattening.
-
-    Returns:
-        float32 array N x (image_size * image_size), values in [0, 1] (not normalised).
-    """
-    images = DigitsDomain(domain, image_size=image_size, channels=1).images_tensor()
-    return _gray_pixel_features(images, normalize=False).numpy()

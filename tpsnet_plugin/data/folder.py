@@ -223,8 +223,8 @@ class DomainImageFolder(Dataset):
         if list_file is not None and layout == "auto":
             layout = "list"
         if (layout == "list") != (list_file is not None):
-            raise DataError("the list layout and list files go together: set both "
-                             "(--set data.layout=list data.list_files=[...]), or neither")
+            raise DataError("the list layout and list files go together: pass both layout='list' and "
+                            "list_file= (config: data.layout, data.list_files), or neither")
         self.root = Path(root)
         self.domain = str(domain)
         if not self.root.is_dir():
@@ -269,7 +269,7 @@ class DomainImageFolder(Dataset):
         expected = f"<root>/{self.domain}/{images_part}<class>/<image>"
         if not class_root.is_dir():
             raise FileNotFoundError(f"{str(class_root)!r} does not exist: layout {layout!r} "
-                                    f"expects {expected}; try --set data.layout=auto")
+                                    f"expects {expected}; try layout='auto' (config: data.layout)")
         class_names = [e.name for e in _visible_entries(class_root) if e.is_dir()]
         self._items = self._walk_classes(domain_dir, class_root, class_names, extensions)
         if not self._items:
@@ -281,8 +281,8 @@ class DomainImageFolder(Dataset):
             )
             raise DataError(
                 f"domain {self.domain!r} ({str(class_root)!r}) holds no images: {detail}. "
-                f"Expected {expected}; check --data-root, --domains and data.layout (or, from "
-                "Python, pass extensions=...)"
+                f"Expected {expected}; check root, domain and layout (config: data.root, data.domains, "
+                "data.layout), or pass extensions=..."
             )
         return class_names
 
@@ -400,7 +400,8 @@ class DomainImageFolder(Dataset):
             shown = _preview([f"{path} (line {lineno})" for path, lineno in missing], 5)
             raise FileNotFoundError(
                 f"{len(missing)} of {len(entries)} files listed in {str(list_path)!r} do not "
-                f"exist: {shown}; fix root or the list, or --set data.on_error=skip to drop them"
+                f"exist: {shown}; fix root or the list, or pass on_error='skip' (config: data.on_error) to drop "
+                "them"
             )
         if missing:
             self.skipped.extend(path for path, _ in missing)
@@ -473,8 +474,8 @@ class DomainImageFolder(Dataset):
             image = load_rgb(path)
         except Exception as err:  # ImageReadError names the file and the reason
             raise OSError(
-                f"{err} (domain {self.domain!r}). Replace or delete the file, or "
-                "--set data.on_error=skip to drop unreadable images"
+                f"{err} (domain {self.domain!r}). Replace or delete the file, or pass on_error='skip' "
+                "(config: data.on_error) to drop unreadable images"
             ) from err
         return self.transform(image), label, index
 

@@ -17,7 +17,6 @@ pretraining turns them into sentences with :data:`TEMPLATES`.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TPSNetError
+from ..utils.io import file_sha256
 
 MANIFEST = "manifest.csv"
 MARKER = "COMPLETE"
@@ -76,15 +76,6 @@ def caption_from_name(name: str) -> str:
     ``battery_level_40`` -> ``"battery level 40"``.
     """
     return " ".join(token for token in _SEPARATORS.split(name.lower()) if token)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class IncompleteCorpusError(TPSNetError, RuntimeError):

@@ -199,9 +199,9 @@ def build_folder_domains(
         raise DataError(
             f"{_too_few_images(parts, shared)}"
             f"some classes have no images in some domains: {detail}. Every class needs images "
-            "in every domain: fix the folders, choose the classes (--set data.classes=[...]), "
-            "or --set data.class_policy=intersection to keep only the classes shared by all "
-            "domains"
+            "in every domain: fix the folders, choose the classes (classes=[...]; config: data.classes), "
+            "or pass class_policy='intersection' (config: data.class_policy) to keep only the classes "
+            "shared by all domains"
         )
     if missing:
         dropped = [c for c in shared if any(c in m for m in missing.values())]
@@ -232,7 +232,7 @@ def _too_few_images(parts: Sequence[DomainImageFolder], classes: Sequence[str]) 
         return ""
     detail = "; ".join(f"domain {p.domain!r} has only {len(p)} image(s)" for p in small)
     return (f"{detail}, fewer than the {len(classes)} classes, so it cannot have an image of "
-            "every class: are --data-root and --domains the right folders? ")
+            "every class: are root and domains (config: data.root, data.domains) the right folders? ")
 
 
 def _all_same_content(paths: Sequence[str]) -> bool:

@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from ..utils.arrays import as_int_array
 
 __all__ = ["pseudo_label_scores", "relabel_precision"]
-
-
-def _as_int_array(values, name: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    values = np.asarray(values)
-    if values.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {values.shape}")
-    return values.astype(np.int64)
 
 
 def pseudo_label_scores(labels, true_labels, domains) -> dict[str, float | list[float]]:
@@ -34,9 +26,9 @@ def pseudo_label_scores(labels, true_labels, domains) -> dict[str, float | list[
     """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    labels = _as_int_array(labels, "labels")
-    true_labels = _as_int_array(true_labels, "true_labels")
-    domains = _as_int_array(domains, "domains")
+    labels = as_int_array(labels, "labels")
+    true_labels = as_int_array(true_labels, "true_labels")
+    domains = as_int_array(domains, "domains")
     if not labels.shape == true_labels.shape == domains.shape:
         raise ValueError(
             "labels, true_labels and domains must have the same length, got "
@@ -71,9 +63,9 @@ def relabel_precision(before, after, true_labels) -> dict[str, float | int | Non
     """
     from scipy.optimize import linear_sum_assignment
 
-    before = _as_int_array(before, "before")
-    after = _as_int_array(after, "after")
-    true_labels = _as_int_array(true_labels, "true_labels")
+    before = as_int_array(before, "before")
+    after = as_int_array(after, "after")
+    true_labels = as_int_array(true_labels, "true_labels")
     if not before.shape == after.shape == true_labels.shape:
         raise ValueError(f"before, after and true_labels must have the same length, got {len(before)}, "
                          f"{len(after)} and {len(true_labels)}")

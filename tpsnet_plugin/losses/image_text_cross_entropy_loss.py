@@ -11,7 +11,7 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..utils.domain_labels import decode_domain_labels
+from ..utils.domain_labels import check_labels_have_prompts, decode_domain_labels
 from ._similarity import similarity_matrix
 
 __all__ = ["ImageTextCrossEntropyLoss"]
@@ -24,7 +24,7 @@ class ImageTextCrossEntropyLoss(BaseMetricLossFunction):
     ``logit_scale * cos(embedding_i, T[d_i, c])`` for c = 0..C-1 and the target is c_i, smoothed
     to ``(1 - label_smoothing) * onehot(c_i) + label_smoothing / C``.
 
-    The text features T are frozen in stage 2 and are set once with :meth:`set_text_features`
+    The text features T are frozen in the synergy stage and are set once with :meth:`set_text_features`
     (not passed per call), so ``DistributedLossWrapper`` only gathers embeddings and labels. They
     are a non-persistent buffer: they move with ``.to()`` but belong to the model's checkpoint,
     not this loss's state dict. Every label must name a domain of the text features; an empty
@@ -93,14 +93,7 @@ class ImageTextCrossEntropyLoss(BaseMetricLossFunction):
         text = self.text_features.to(embeddings.device)
         num_domains = text.shape[0]
         domains, clusters = decode_domain_labels(labels, self.num_clusters)
-        outside = domains >= num_domains
-        if outside.any():
-            num_prompts = num_domains * self.num_clusters
-            raise ValueError(f"labels {labels[outside].unique()[:8].tolist()} match none of the "
-                             f"{num_prompts} prompts ({num_domains} domains x {self.num_clusters} "
-                             f"clusters) of the text features; pass combined labels domain * "
-                             f"{self.num_clusters} + cluster below {num_prompts}, or set the text "
-                             "features of every domain")
+        check_labels_have_prompts(labels, domains, num_domains, self.num_clusters)
         if len(embeddings) == 0:
             return self.zero_losses()
         similarities = similarity_matrix(self.distance, embeddings, text.flatten(0, 1))

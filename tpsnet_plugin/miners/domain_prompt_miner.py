@@ -8,7 +8,7 @@ import torch
 from pytorch_metric_learning.miners import BaseMiner
 
 from ..text_prior.relabel import relabel_with_prompts
-from ..utils import decode_domain_labels, encode_domain_labels
+from ..utils.domain_labels import check_labels_have_prompts, decode_domain_labels, encode_domain_labels
 
 
 class DomainPromptMiner(BaseMiner):
@@ -110,15 +110,7 @@ class DomainPromptMiner(BaseMiner):
         labels = torch.as_tensor(labels)
         domains, clusters = decode_domain_labels(labels, self.num_clusters)
         if self.text_features is not None:
-            num_domains = len(self.text_features)
-            outside = domains >= num_domains
-            if outside.any():
-                num_prompts = num_domains * self.num_clusters
-                raise ValueError(f"labels {labels[outside].unique()[:8].tolist()} match none of the "
-                                 f"{num_prompts} prompts ({num_domains} domains x {self.num_clusters} "
-                                 f"clusters) of the text features; pass combined labels domain * "
-                                 f"{self.num_clusters} + cluster below {num_prompts}, or set the "
-                                 "text features of every domain")
+            check_labels_have_prompts(labels, domains, len(self.text_features), self.num_clusters)
             clusters = relabel_with_prompts(embeddings, self.text_features, domains, clusters,
                                             self.logit_scale, self.threshold)
         return encode_domain_labels(domains, clusters, self.num_clusters)

@@ -1,6 +1,7 @@
-"""Models: TPSNet, the stage-2 retrieval network, and its factory."""
+"""Models: TPSNet, the retrieval network of the synergy stage, and its factory."""
 
 from .factory import create_tpsnet
+from .pretrained import load_pretrained
 from .tpsnet import TPSNet
 
-__all__ = ["TPSNet", "create_tpsnet"]
+__all__ = ["TPSNet", "create_tpsnet", "load_pretrained"]

@@ -6,7 +6,7 @@ and the benchmarks all build their networks here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ def create_tpsnet(
     image_size: int | None = None,
     pretrained: bool | None = None,
     clip: torch.nn.Module | None = None,
+    normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> TPSNet:
     """Build the TPSNet a config's ``model`` section describes.
 
@@ -37,14 +38,16 @@ def create_tpsnet(
             architecture only (for loading trained weights afterwards). None keeps the config's.
         clip: With ``model.rgb_from_clip``, the already loaded open_clip model whose image tower
             starts the RGB backbone; None loads ``model.clip_model`` / ``model.clip_pretrained``.
+        normalisation: ``(mean, std)`` of the RGB input, e.g. from a trained model's config; None
+            takes the CLIP's with ``rgb_from_clip``, else the timm model's.
 
     Returns:
-        A TPSNet whose text features start as zeros (stage 1 sets them) when the text prior is on.
+        A TPSNet whose text features start as zeros (the prompts stage sets them) when the text prior is on.
     """
     load_weights = pretrained is not False
     from_clip = bool(model_config.get("rgb_from_clip"))
-    mean = std = None
-    if from_clip:
+    mean, std = normalisation if normalisation is not None else (None, None)
+    if from_clip and normalisation is None:
         from ..text_prior.image_tower import clip_normalisation
 
         mean, std = clip_normalisation(model_config["clip_model"], model_config["clip_pretrained"])
@@ -59,8 +62,8 @@ def create_tpsnet(
         num_heads=model_config["num_heads"],
         rgb_kwargs=dict(model_config["rgb_kwargs"]),
         phase_kwargs=dict(model_config["phase_kwargs"]),
-        mean=mean,
-        std=std,
+        mean=tuple(mean) if mean is not None else None,
+        std=tuple(std) if std is not None else None,
     )
     if from_clip and load_weights:
         from ..text_prior.domain_prompt_learner import create_frozen_clip

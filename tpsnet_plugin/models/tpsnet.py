@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +15,7 @@ __all__ = ["TPSNet"]
 
 
 class TPSNet(nn.Module):
-    """Text–phase synergy network: the retrieval model of stage 2.
+    """Text–phase synergy network: the retrieval model of the synergy stage.
 
     The backbone (usually a :class:`~tpsnet_plugin.backbones.PhasePriorBackbone`) gives the fused
     tokens Z' (B×T×e) and the fused feature I_f (B×e). The prompt features T_d (C×e) of the image's
@@ -28,7 +30,7 @@ class TPSNet(nn.Module):
             (B×e) like :class:`~tpsnet_plugin.backbones.PhasePriorBackbone`, or returns pooled
             features B×e from ``backbone(x)`` (used as a single token, e.g. a timm model built
             with ``num_classes=0``).
-        text_features: Frozen prompt features T, D×C×e, from stage 1; stored in a persistent
+        text_features: Frozen prompt features T, D×C×e, from the prompts stage; stored in a persistent
             buffer (saved in the state_dict). None switches the text prior off: the embedding is
             ``normalize(I_f)``. Set or replace them later with :meth:`set_text_features`.
         num_heads: Heads of the cross-attention; must divide e.
@@ -65,6 +67,26 @@ class TPSNet(nn.Module):
         if text_features is not None:
             self.set_text_features(text_features)
 
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> TPSNet:
+        """The trained TPSNet saved in ``folder`` (a run's ``model/``), built from its ``config.json``.
+
+        Args:
+            folder: Holds ``model.safetensors`` and ``config.json`` (see
+                :mod:`tpsnet_plugin.models.pretrained`); a run's output dir works too.
+
+        Returns:
+            The model in eval mode; its config (image size, names, normalisation) is in ``model.config``.
+        """
+        from .pretrained import load_pretrained
+
+        folder = Path(folder)
+        if not (folder / "model.safetensors").is_file() and (folder / "model").is_dir():
+            folder = folder / "model"  # a run's output dir
+        model, config = load_pretrained(folder)
+        model.config = config
+        return model
+
     @property
     def num_domains(self) -> int | None:
         """D, the number of domains of the text features (None without them)."""
@@ -76,7 +98,7 @@ class TPSNet(nn.Module):
         return None if self.text_features is None else self.text_features.shape[1]
 
     def set_text_features(self, text_features: torch.Tensor | None) -> None:
-        """Install new prompt features (e.g. after a new stage 1), or None to switch the prior off.
+        """Install new prompt features (e.g. after a new prompts stage), or None to switch the prior off.
 
         Args:
             text_features: Tensor D×C×e with e = ``embed_dim``; copied (detached) to the device and

@@ -6,19 +6,10 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-
-def _as_int_array(values, name: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    values = np.asarray(values)
-    if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(f"{name} must be a 1-D sequence of ints, got shape {values.shape} "
-                         f"and dtype {values.dtype}")
-    return values.astype(np.int64)
+from ..utils.arrays import as_int_array
 
 
 class PseudoLabelSampler(Sampler[list[int]]):
@@ -104,10 +95,10 @@ class PseudoLabelSampler(Sampler[list[int]]):
             labels: New cluster id per dataset index.
             domains: New domain id per dataset index; ``None`` keeps the current ones.
         """
-        labels = _as_int_array(labels, "labels")
+        labels = as_int_array(labels, "labels")
         if domains is None and self.domains is None:
             raise ValueError("domains are required the first time labels are set")
-        domains = self.domains if domains is None else _as_int_array(domains, "domains")
+        domains = self.domains if domains is None else as_int_array(domains, "domains")
         if len(labels) == 0 or domains.shape != labels.shape:
             raise ValueError(f"labels and domains must be non-empty and of equal length, got "
                              f"{len(labels)} and {len(domains)}")

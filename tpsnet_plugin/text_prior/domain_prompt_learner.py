@@ -30,8 +30,6 @@ from open_clip.model import CLIP, CustomTextCLIP
 from safetensors import SafetensorError
 from torch import nn
 
-from .. import _torchvision_compat  # noqa: F401  (before open_clip)
-
 __all__ = ["CNN_CLIP_MODEL", "DomainPromptLearner", "TINY_CLIP_MODEL", "clip_embed_dim", "clip_preprocess_cfg",
            "create_frozen_clip", "encode_clip_images"]
 
@@ -62,7 +60,7 @@ class DomainPromptLearner(nn.Module):
 
     ``context`` (D×C×M×width) is the only parameter with ``requires_grad``; CLIP stays in eval
     mode even after ``.train()``. The state dict holds the frozen CLIP weights too: to keep only
-    what stage 1 learns, save ``learner.context`` or the text features ``learner()``.
+    what the prompts stage learns, save ``learner.context`` or the text features ``learner()``.
 
     Args:
         clip_model: open_clip model name (see ``open_clip.list_models()``), e.g. ``"ViT-B-16"``, or
@@ -212,13 +210,44 @@ def clip_preprocess_cfg(clip: nn.Module) -> dict:
     return cfg
 
 
+def clip_preprocess(clip: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Images as an open_clip model's input, the way its eval transform prepares them (differentiable).
+
+    Resized to the model's image size (shortest side, then centre crop; or a plain resize for
+    ``resize_mode="squash"``), clamped (bicubic overshoots; PIL-based transforms clip) and
+    normalised with the model's mean and std.
+
+    Args:
+        clip: An open_clip model.
+        images: B×3×H×W (or B×1×H×W grayscale, repeated to RGB) floats in [0, 1].
+
+    Returns:
+        B×3×h×w float32 tensor on the images' device.
+    """
+    cfg = clip_preprocess_cfg(clip)
+    height, width = cfg["size"]
+    interpolation = cfg.get("interpolation", "bicubic")
+    mode = interpolation if interpolation in ("bicubic", "bilinear") else "bilinear"
+    images = images.float()
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    if cfg.get("resize_mode", "shortest") == "squash":
+        size = (height, width)
+    else:
+        scale = max(height / images.shape[2], width / images.shape[3])
+        size = (max(height, round(images.shape[2] * scale)), max(width, round(images.shape[3] * scale)))
+    if size != tuple(images.shape[2:]):
+        images = F.interpolate(images, size=size, mode=mode, antialias=True, align_corners=False)
+    top, left = (images.shape[2] - height) // 2, (images.shape[3] - width) // 2
+    images = images[:, :, top:top + height, left:left + width].clamp(0.0, 1.0)
+    mean = torch.tensor(cfg["mean"], device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg["std"], device=images.device).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
 @torch.no_grad()
 def encode_clip_images(clip: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Image features of a frozen open_clip model, preprocessed the way open_clip's eval transform does.
-
-    Images are resized to the model's image size (shortest side, then centre crop; or a plain resize
-    for ``resize_mode="squash"``), clamped (bicubic overshoots; PIL-based transforms clip) and
-    normalised with the model's mean and std.
+    """Image features of a frozen open_clip model, preprocessed by :func:`clip_preprocess`.
 
     Args:
         clip: An open_clip model.
@@ -235,29 +264,10 @@ def encode_clip_images(clip: nn.Module, images: torch.Tensor, batch_size: int = 
         raise ValueError(f"images must be floats in [0, 1], got dtype {images.dtype}; divide uint8 images by 255")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    cfg = clip_preprocess_cfg(clip)
     parameter = next(clip.visual.parameters())
     device, dtype = parameter.device, parameter.dtype
-    mean = torch.tensor(cfg["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(cfg["std"], device=device).view(1, -1, 1, 1)
-    interpolation = cfg.get("interpolation", "bicubic")
-    mode = interpolation if interpolation in ("bicubic", "bilinear") else "bilinear"
-    height, width = cfg["size"]
-    features = []
-    for chunk in images.split(batch_size):
-        chunk = chunk.to(device=device, dtype=torch.float32)
-        if chunk.shape[1] == 1:
-            chunk = chunk.expand(-1, 3, -1, -1)
-        if cfg.get("resize_mode", "shortest") == "squash":
-            size = (height, width)
-        else:
-            scale = max(height / chunk.shape[2], width / chunk.shape[3])
-            size = (max(height, round(chunk.shape[2] * scale)), max(width, round(chunk.shape[3] * scale)))
-        if size != tuple(chunk.shape[2:]):
-            chunk = F.interpolate(chunk, size=size, mode=mode, antialias=True, align_corners=False)
-        top, left = (chunk.shape[2] - height) // 2, (chunk.shape[3] - width) // 2
-        chunk = chunk[:, :, top:top + height, left:left + width].clamp(0.0, 1.0)
-        features.append(clip.encode_image(((chunk - mean) / std).to(dtype)).float())
+    features = [clip.encode_image(clip_preprocess(clip, chunk.to(device)).to(dtype)).float()
+                for chunk in images.split(batch_size)]
     if not features:
         return torch.empty(0, clip_embed_dim(clip), device=device)
     return torch.cat(features)

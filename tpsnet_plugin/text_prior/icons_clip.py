@@ -11,16 +11,15 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from ..data.icons import TEMPLATES
+from .domain_prompt_learner import encode_clip_images
 
 __all__ = [
     "load_images",
-    "preprocess",
     "encode_images",
     "encode_captions",
     "zero_shot_accuracy",
@@ -43,36 +42,12 @@ def load_images(paths: Sequence[str | os.PathLike], size: int | None = None) -> 
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def _model_image_cfg(model: torch.nn.Module) -> tuple[tuple[int, int], torch.Tensor, torch.Tensor]:
-    cfg = open_clip.get_model_preprocess_cfg(model)
-    size = cfg["size"]
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
-    return size, mean, std
-
-
-def preprocess(images: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
-    """Float images in [0, 1] (B x 3 x H x W, square) -> normalised model input.
-
-    Antialiased bicubic resize to the model's image size, clamp to [0, 1], CLIP mean/std: the
-    same steps as ``DomainPromptLearner.encode_images`` for square images.
-    """
-    size, mean, std = _model_image_cfg(model)
-    if tuple(images.shape[2:]) != size:
-        images = F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
-    images = images.clamp(0.0, 1.0)
-    return (images - mean.to(images.device)) / std.to(images.device)
-
-
 @torch.no_grad()
 def encode_images(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """L2-normalised image features of uint8 images (N x 3 x H x W)."""
     device = next(model.parameters()).device
-    features = []
-    for chunk in images.split(batch_size):
-        chunk = preprocess(chunk.to(device).float() / 255.0, model)
-        features.append(F.normalize(model.encode_image(chunk).float(), dim=-1))
+    features = [F.normalize(encode_clip_images(model, chunk.to(device).float() / 255.0, batch_size), dim=-1)
+                for chunk in images.split(batch_size)]
     return torch.cat(features) if features else torch.empty(0)
 
 

@@ -27,13 +27,13 @@ instead of open_clip's silent random model.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import open_clip
 from open_clip import pretrained as _open_clip_pretrained
 
 from ..errors import TPSNetError
+from ..utils.io import file_sha256
 
 __all__ = ["PACKAGED_WEIGHTS", "PackagedWeightsError", "WEIGHTS_DIR", "is_packaged_tag", "packaged_tags",
            "packaged_weights_path"]
@@ -68,14 +68,6 @@ def packaged_tags(model: str) -> list[str]:
     return sorted(PACKAGED_WEIGHTS.get(model, {}))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def packaged_weights_path(model: str, tag: str) -> str:
     """Path of the packaged ``tag`` weights of ``model``, after checking the file's sha256.
 
@@ -94,7 +86,7 @@ def packaged_weights_path(model: str, tag: str) -> str:
     path = WEIGHTS_DIR / filename
     if not path.is_file():
         raise PackagedWeightsError(f"the '{tag}' weights of '{model}' are missing ({path}): {_FIX}")
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise PackagedWeightsError(
             f"the '{tag}' weights of '{model}' are damaged: {path} has sha256 {actual[:12]}..., "

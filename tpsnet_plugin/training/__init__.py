@@ -4,7 +4,8 @@ from .augment import BatchAugment
 from .config import default_config, load_config, merge_config
 from .data import build_dataset
 from .hooks import CheckpointHook, EndOfEpochHook, EvaluationHook, LoggingHook, ReclusterHook
-from .setup import LossTable, build_accelerator, build_losses, build_optimizer
+from .loss_terms import LOSS_TERMS, LossTable, LossTerm, SynergyBatch, build_losses
+from .setup import build_accelerator, build_optimizer
 from .stages import ClusteringStage, PromptStage, Stage, SynergyStage, WarmupStage
 from .state import TrainingState
 from .trainer import NonFiniteLossError, StageModel, TPSNetTrainer
@@ -16,7 +17,10 @@ __all__ = [
     "EndOfEpochHook",
     "EvaluationHook",
     "LoggingHook",
+    "LOSS_TERMS",
     "LossTable",
+    "LossTerm",
+    "SynergyBatch",
     "NonFiniteLossError",
     "PromptStage",
     "ReclusterHook",

@@ -29,6 +29,7 @@ from safetensors.torch import load_file as load_safetensors
 
 from ..errors import TPSNetError, describe_unsafe_pickle
 from ..utils.io import atomic_write_text
+from . import options
 from .config import ConfigError, default_config, flatten_config, validate_config
 
 META = "checkpoint.json"
@@ -142,20 +143,7 @@ class CheckpointError(TPSNetError, RuntimeError):
 
 
 # Options that may change on resume; everything else must match the checkpoint's config.
-SAFE_ON_RESUME = (
-    "output_dir",
-    "data.root",  # the dataset fingerprint compares the data itself, wherever it lies
-    "synergy.epochs",
-    "synergy.checkpoint_every",
-    "synergy.lr_backbone",
-    "synergy.lr_head",
-    "eval",
-    "data.num_workers",
-    "data.cache_in_memory",
-    "model.compile",
-    "accelerate.mixed_precision",
-    "accelerate.log_with",
-)
+SAFE_ON_RESUME = options.resume_safe_paths()  # the options marked resume_safe
 
 
 class ResumeMismatchError(TPSNetError, ValueError):

@@ -1,7 +1,8 @@
 """Trainer configuration: packaged defaults, YAML files and ``section.key=value`` overrides.
 
-The defaults live in ``default_config.yaml`` beside this module (every option, commented), so a
-config file only states what differs. Unknown keys are rejected with the list of valid ones; keys
+Every option is declared once in :mod:`~tpsnet_plugin.training.options` (default, help, accepted
+values, whether a resume may change it); ``default_config.yaml`` beside this module is rendered from
+it, and a config file only states what differs. Unknown keys are rejected with the list of valid ones; keys
 renamed in this release are still accepted, with a ``FutureWarning`` naming the new key.
 """
 
@@ -13,13 +14,13 @@ import math
 import re
 import warnings
 from collections.abc import Iterable, Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import ConfigError, ConfigKeyError
+from . import options
 
 # Old key -> new key; accepted for one release (0.2) with a FutureWarning.
 RENAMED_KEYS = {
@@ -63,22 +64,13 @@ def load_yaml(text: str) -> Any:
 
 
 def default_config() -> dict[str, Any]:
-    """Return a fresh copy of the packaged default configuration."""
-    text = resources.files(__package__).joinpath("default_config.yaml").read_text()
-    return load_yaml(text)
+    """Return a fresh copy of the default configuration (:data:`~tpsnet_plugin.training.options.OPTIONS`)."""
+    return options.defaults()
 
 
-def _is_section(value: Any) -> bool:
-    # An empty mapping default (e.g. model.rgb_kwargs: {}) is a free-form option, not a section.
-    return isinstance(value, Mapping) and bool(value)
-
-
-def _flat_keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        keys.extend(_flat_keys(value, path + ".") if _is_section(value) else [path])
-    return keys
+def _is_section(value: Any, path: str) -> bool:
+    # A section is a non-empty mapping that is not a free-form option (model.rgb_kwargs: {widths: ...}).
+    return isinstance(value, Mapping) and bool(value) and not _is_free_form(path)
 
 
 def _unknown_key_error(path: str, valid: Iterable[str]) -> ConfigKeyError:
@@ -131,7 +123,7 @@ def _flat_items(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, 
     items = []
     for key, value in config.items():
         path = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value and not _is_free_form(path):
+        if _is_section(value, path):
             items.extend(_flat_items(value, path + "."))
         else:
             items.append((path, value))
@@ -167,8 +159,8 @@ def merge_config(base: dict[str, Any], override: Mapping[str, Any], _prefix: str
     for key, value in (override or {}).items():
         path = f"{_prefix}{key}"
         if key not in merged:
-            raise _unknown_key_error(path, _flat_keys(base, _prefix))
-        if _is_section(merged[key]) and not _is_free_form(path):
+            raise _unknown_key_error(path, [key for key, _ in _flat_items(base, _prefix)])
+        if _is_section(merged[key], path):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"Config key '{path}' is a section; give its keys, e.g. {path}.<key>=...")
             merged[key] = merge_config(merged[key], value, path + ".")
@@ -261,156 +253,48 @@ def load_config(
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation: every value is checked at load time, with the key named, so that a typo fails in
-# a second instead of hours into a run.
-
-_CHOICES = {
-    "data.dataset": ("digits", "folder"),
-    "data.layout": ("auto", "folder", "office31", "list"),
-    "data.class_policy": ("strict", "intersection"),
-    "data.on_error": ("raise", "skip"),
-    "model.compile": ("auto", "off", "default", "reduce-overhead", "max-autotune-no-cudagraphs",
-                      "max-autotune"),
-    "cluster.kmeans": ("auto", "faiss", "sklearn"),
-    "cluster.alignment": ("consensus", "reference"),
-    "eval.knn": ("auto", "faiss", "torch"),
-    "accelerate.mixed_precision": ("no", "fp16", "bf16"),
-    "accelerate.log_with": ("auto", "tensorboard", "csv", "none"),
-}
-# (minimum, maximum, minimum excluded) of numeric options; None = unbounded.
-_RANGES = {
-    "data.num_workers": (0, None, False),
-    "model.embed_dim": (1, None, False),
-    "model.num_heads": (1, None, False),
-    "model.num_context": (1, None, False),
-    "model.weight_temperature": (0, None, True),
-    "warmup.epochs": (0, None, False),
-    "warmup.min_steps": (0, None, False),
-    "warmup.batch_size": (2, None, False),
-    "warmup.lr": (0, None, True),
-    "warmup.temperature": (0, None, True),
-    "cluster.niter": (1, None, False),
-    "cluster.nredo": (1, None, False),
-    "cluster.recluster_every": (0, None, False),
-    "cluster.keep_ratio": (0, 1, True),
-    "prompts.epochs": (0, None, False),
-    "prompts.batch_size": (1, None, False),
-    "prompts.lr": (0, None, True),
-    "prompts.repair_every": (0, None, False),
-    "prompts.repair_threshold": (0, 1, False),
-    "synergy.epochs": (1, None, False),
-    "synergy.min_steps": (0, None, False),
-    "synergy.batch_size": (2, None, False),
-    "synergy.m_per_cluster": (1, None, False),
-    "synergy.lr_backbone": (0, None, False),
-    "synergy.lr_head": (0, None, False),
-    "synergy.weight_decay": (0, None, False),
-    "synergy.label_smoothing": (0, 1, False),
-    "synergy.prototype_momentum": (0, 1, False),
-    "synergy.prototype_temperature": (0, None, True),
-    "synergy.instance_temperature": (0, None, True),
-    "synergy.miner_threshold": (0, 1, False),
-    "synergy.checkpoint_every": (1, None, False),
-    "eval.every": (0, None, False),
-    "eval.batch_size": (1, None, False),
-    "eval.tsne_max_points": (2, None, False),
-    "augment.rotation": (0, 180, False),
-    "augment.brightness": (0, 1, False),
-    "augment.contrast": (0, 1, False),
-    "augment.translate": (0, 1, False),
-    "augment.grayscale_p": (0, 1, False),
-    "augment.invert_p": (0, 1, False),
-    "augment.saturation": (0, 1, False),
-    "augment.morphology_p": (0, 1, False),
-    "augment.elastic_alpha": (0, None, False),
-    "augment.elastic_sigma": (0, None, True),
-    "augment.amplitude_mix_p": (0, 1, False),
-    "augment.amplitude_mix_ratio": (0, 1, True),
-    "accelerate.gradient_accumulation_steps": (1, None, False),
-}
-# Options whose default is null: what else they accept.
-_OPTIONAL = {
-    "data.root": str,
-    "data.list_files": list,
-    "data.classes": list,
-    "data.class_names": list,
-    "data.num_clusters": int,
-    "data.subset_per_domain": int,
-    "model.checkpoint_path": str,
-    "model.phase_amplitude": float,
-    "model.clip_pretrained": str,
-}
+# Validation: every value is checked at load time against its option (training/options.py), with
+# the key named, so that a typo fails in a second instead of hours into a run.
 
 
-# Smallest value of an optional integer (default 1).
-_OPTIONAL_MINIMUM = {"data.num_clusters": 2}  # one cluster makes every image a match of every query
-
-
-def validate_config(config: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> None:
-    """Check every value of a resolved config against the default's type and the option's range.
+def validate_config(config: Mapping[str, Any]) -> None:
+    """Check every value of a resolved config against its option: type, words, range, and the relations.
 
     Args:
         config: A full config (defaults merged).
-        defaults: The defaults to check types against; None = the packaged defaults.
 
     Raises:
         ConfigError: Naming the first invalid key, the value and what the key accepts.
     """
-    defaults = default_config() if defaults is None else defaults
-    for path, default in _flat_items(defaults):
-        value = _get_path(config, path)
-        _check_type(path, default, value)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"Config key '{path}' must be a finite number; got {value!r}")
-    for path, choices in _CHOICES.items():
-        value = _get_path(config, path)
-        if value not in choices:
-            hint = " (quote words YAML 1.1 reads as booleans)" if isinstance(value, bool) else ""
-            raise ConfigError(f"Config key '{path}' must be one of {', '.join(choices)}; got {value!r}{hint}")
-    for path, (low, high, open_low) in _RANGES.items():
-        value = _get_path(config, path)
-        if not math.isfinite(value):
-            raise ConfigError(f"Config key '{path}' must be a finite number; got {value!r}")
-        too_low = value <= low if open_low else value < low
-        if too_low or (high is not None and value > high):
-            bound = f"> {low}" if open_low else f">= {low}"
-            bound += f" and <= {high}" if high is not None else ""
-            raise ConfigError(f"Config key '{path}' must be {bound}; got {value!r}")
+    for path, option in options.iter_options():
+        _check_value(path, option, _get_path(config, path))
     _check_relations(config)
 
 
-def _check_type(path: str, default: Any, value: Any) -> None:
+def _check_value(path: str, option: options.Option, value: Any) -> None:
     def fail(expected: str) -> ConfigError:
         return ConfigError(f"Config key '{path}' expects {expected}; got {value!r} ({type(value).__name__})")
 
-    if path in _OPTIONAL:
+    if option.check is not None:
+        if not option.check(value):
+            raise fail(option.accepts)
+        return
+    if option.nullable is not None:
         if value is None:
             return
-        kind = _OPTIONAL[path]
+        kind = option.nullable
         if kind is int and not _is_int(value):
             raise fail("an integer or null")
-        lowest = _OPTIONAL_MINIMUM.get(path, 1)
-        if kind is int and value < lowest:
-            raise ConfigError(f"Config key '{path}' must be >= {lowest} or null; got {value!r}")
         if kind is float and not (_is_number(value) and math.isfinite(value) and value > 0):
             raise fail("a positive number or null")
         if kind is str and not (isinstance(value, str) and value.strip()):
             raise fail("a non-empty string or null")
         if kind is list and not isinstance(value, list):
             raise fail("a list or null")
+        if kind is int and option.low is not None and value < option.low:
+            raise ConfigError(f"Config key '{path}' must be >= {option.low} or null; got {value!r}")
         return
-    if path == "data.image_size":
-        if value == "auto" or (_is_int(value) and value >= 8):
-            return
-        raise fail('an image side in pixels >= 8, or "auto" (fit the data)')
-    if path == "eval.zero_shot":
-        if value == "auto" or isinstance(value, bool):
-            return
-        raise fail('true, false or "auto" (when model.clip_pretrained is set)')
-    if path == "cluster.anchor":
-        if value is None or value == "smallest" or (_is_int(value) and value >= 0):
-            return
-        raise fail('"smallest", a domain index >= 0 or null')
+    default = option.default
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise fail("true or false")
@@ -428,10 +312,22 @@ def _check_type(path: str, default: Any, value: Any) -> None:
             raise fail("a list")
     elif isinstance(default, Mapping) and not isinstance(value, Mapping):
         raise fail("a mapping, e.g. {key: value}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"Config key '{path}' must be a finite number; got {value!r}")
+    if option.choices is not None and value not in option.choices:
+        hint = " (quote words YAML 1.1 reads as booleans)" if isinstance(value, bool) else ""
+        raise ConfigError(f"Config key '{path}' must be one of {', '.join(option.choices)}; got {value!r}{hint}")
+    low, high = option.low, option.high
+    if _is_number(value) and low is not None:
+        too_low = value <= low if option.low_open else value < low
+        if too_low or (high is not None and value > high):
+            bound = f"> {low}" if option.low_open else f">= {low}"
+            bound += f" and <= {high}" if high is not None else ""
+            raise ConfigError(f"Config key '{path}' must be {bound}; got {value!r}")
 
 
 def _check_relations(config: Mapping[str, Any]) -> None:
-    data, s2, ev = config["data"], config["synergy"], config["eval"]
+    data, synergy, ev = config["data"], config["synergy"], config["eval"]
     if len(data["domains"]) < 2 or len(set(data["domains"])) != len(data["domains"]):
         raise ConfigError(f"Config key 'data.domains' needs two or more different domains; got {data['domains']!r}")
     if not data["domains"] or not all(isinstance(d, str) for d in data["domains"]):
@@ -443,15 +339,12 @@ def _check_relations(config: Mapping[str, Any]) -> None:
     if _is_int(anchor) and anchor >= len(data["domains"]):
         raise ConfigError(f"Config key 'cluster.anchor' is a domain index: 0 to {len(data['domains']) - 1} for "
                           f"{len(data['domains'])} domains (or smallest, or null); got {anchor}")
-    if s2["batch_size"] % s2["m_per_cluster"]:
+    if synergy["batch_size"] % synergy["m_per_cluster"]:
         raise ConfigError(
-            f"Config key 'synergy.batch_size' ({s2['batch_size']}) must be a multiple of "
-            f"'synergy.m_per_cluster' ({s2['m_per_cluster']})"
+            f"Config key 'synergy.batch_size' ({synergy['batch_size']}) must be a multiple of "
+            f"'synergy.m_per_cluster' ({synergy['m_per_cluster']})"
         )
-    weights = s2["loss_weights"]
-    for name, weight in weights.items():
-        if not _is_number(weight) or not weight >= 0 or not math.isfinite(weight):
-            raise ConfigError(f"Config key 'synergy.loss_weights.{name}' must be a number >= 0; got {weight!r}")
+    weights = synergy["loss_weights"]
     if not any(weights.values()):
         raise ConfigError("Every 'synergy.loss_weights' is 0: set at least one above 0 (e.g. prototype: 1.0)")
     crop_scale = config["augment"]["crop_scale"]

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation import format_table, mean_metrics
+from ..models.pretrained import save_config
 from ..utils.io import atomic_write_text
 
 
 def write_records(output_dir: str | Path, history: Sequence[Mapping[str, Any]]) -> None:
     """Write ``metrics.jsonl`` (one line per evaluation and direction, the starting points first) and
-    ``clustering.jsonl`` (every clustering and every stage-1 re-pairing, key ``repair``).
+    ``clustering.jsonl`` (every clustering and every prompts-stage re-pairing, key ``repair``).
 
     Rewritten whole from the history (which resume restores), so a resumed run has no gaps or repeats.
     """
@@ -21,7 +22,7 @@ def write_records(output_dir: str | Path, history: Sequence[Mapping[str, Any]]) 
     for record in history:
         if "clustering" in record:
             clusterings.append(json.dumps({"stage": record["stage"], "epoch": record["epoch"], **record["clustering"]}))
-        elif "repair" in record:  # stage 1's label re-pairings, beside the clusterings they correct
+        elif "repair" in record:  # the prompts stage's label re-pairings, beside the clusterings they correct
             clusterings.append(json.dumps({"stage": record["stage"], "epoch": record["epoch"], **record["repair"]}))
         elif "baseline" in record:
             for direction, metrics in record["baseline"]["results"].items():
@@ -63,7 +64,8 @@ def build_summary(history: Sequence[Mapping[str, Any]], *, first_k: int, domain_
     """
     evaluated = [r for r in history if "results" in r and r["stage"] == "synergy"]
     if not evaluated:
-        raise RuntimeError("No evaluation was recorded; synergy.epochs must be >= 1")
+        raise RuntimeError("No evaluation was recorded: the run's hooks need an EvaluationHook (the config's "
+                           "hooks have one) and its synergy stage at least one epoch")
     key = f"precision_at_{first_k}"
     best = max(evaluated, key=lambda r: mean_metrics(r["results"])[key])
     scored = [r for r in evaluated if r.get("label_free_score") is not None]
@@ -125,9 +127,11 @@ def write_summary(output_dir: str | Path, summary: Mapping[str, Any]) -> None:
                        baseline_label="start" if baseline is None else f"({baseline['kind'].replace('_', ' ')})"))
 
 
-def export_model(accelerator, model, output_dir: str | Path, meta: Mapping[str, Any]) -> Path:
-    """Save the trained TPSNet (safetensors) and what is needed to rebuild it under ``output_dir/model``."""
+def export_model(accelerator, model, output_dir: str | Path, config: Mapping[str, Any]) -> Path:
+    """Save the trained TPSNet under ``output_dir/model``: ``model.safetensors`` and its ``config.json``
+    (:func:`~tpsnet_plugin.models.pretrained.pretrained_config`), which is all
+    :meth:`TPSNet.from_pretrained <tpsnet_plugin.models.TPSNet.from_pretrained>` needs."""
     folder = Path(output_dir) / "model"
     accelerator.save_model(model, folder)
-    atomic_write_text(folder / "model_meta.json", json.dumps(dict(meta)))
+    save_config(folder, config)
     return folder

@@ -23,6 +23,7 @@ from ..samplers import PseudoLabelSampler
 from ..text_prior.relabel import relabel_with_prompts
 from ..utils import encode_domain_labels
 from .hooks import EndOfEpochHook
+from .loss_terms import SynergyBatch
 
 
 def resolve_epochs(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
@@ -135,7 +136,7 @@ class ClusteringStage(Stage):
 
 
 class PromptStage(Stage):
-    """Stage 1: learn the domain prompts with CLIP frozen, re-pairing labels with them.
+    """The prompts stage: learn the domain prompts with CLIP frozen, re-pairing labels with them.
 
     CLIP's image features are computed once (the encoder is frozen), so an epoch costs only the
     text transformer. Ends by freezing the prompt features into the model.
@@ -183,7 +184,7 @@ class PromptStage(Stage):
                 labels = repaired
         with torch.no_grad():
             text_features = F.normalize(learner().float(), dim=-1)
-        # Stage 1 runs identically on every process; rank 0's result is authoritative.
+        # The prompts stage runs identically on every process; rank 0's result is authoritative.
         if self.repair_every and self.epochs >= self.repair_every:
             trainer.record_repair(self.epochs, initial.cpu(), labels.cpu(), total=True)
         trainer.model.set_text_features(broadcast(text_features.contiguous(), from_process=0))
@@ -224,7 +225,7 @@ class PromptStage(Stage):
 
 
 class SynergyStage(Stage):
-    """Stage 2: train TPSNet on the pseudo-labels with the loss table, running hooks after each epoch.
+    """The synergy stage: train TPSNet on the pseudo-labels with the loss table, running hooks after each epoch.
 
     Batches come from ``PseudoLabelSampler`` (m images per cluster, balanced over domains); each
     batch is seen as two augmented views.
@@ -248,6 +249,12 @@ class SynergyStage(Stage):
         self.hooks = list(hooks)
         self.epoch_losses: dict[str, float] = {}
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], hooks: Sequence[EndOfEpochHook] = ()) -> SynergyStage:
+        """The stage the ``synergy`` section describes (its other keys configure the losses and optimizer)."""
+        return cls(config["epochs"], config["batch_size"], config["m_per_cluster"], hooks=hooks,
+                   min_steps=config["min_steps"])
+
     def steps_per_epoch(self, num_images: int, num_processes: int) -> int:
         """Optimizer steps of one epoch: the sampler covers every image once, about N / (batch × processes)."""
         return math.ceil(num_images / (self.batch_size * num_processes))
@@ -265,7 +272,7 @@ class SynergyStage(Stage):
         state = trainer.state
         if state.epoch == 0:
             trainer.init_prototypes(trainer.embed())
-        trainer.set_text_features_of_losses()
+        trainer.losses.set_text_features(trainer.model.text_features)
         sampler = self.sampler(trainer)
         trainer.stage_model.train()
         for loss in trainer.losses.loss_funcs.values():
@@ -311,23 +318,10 @@ class SynergyStage(Stage):
 
     def compute_losses(self, trainer, images, domains, index) -> dict[str, torch.Tensor]:
         """Every loss term of one batch, keyed by name (unweighted)."""
-        funcs, miners = trainer.losses.loss_funcs, trainer.losses.mining_funcs
         v1, v2 = trainer.views(images)
         with trainer.accelerator.autocast():
             e1 = trainer.stage_model(v1, domains)["embedding"].float()
             e2 = trainer.stage_model(v2, domains)["embedding"].float()
-        clusters = trainer.state.labels[index].to(trainer.device)
-        keep = trainer.state.keep_mask[index].to(trainer.device).repeat(2)
-        both, both_clusters = torch.cat([e1, e2]), clusters.repeat(2)
-        terms = {}
-        if "prototype" in funcs:
-            terms["prototype"] = funcs["prototype"](both[keep], both_clusters[keep])
-        if "image_text" in funcs:
-            combined = encode_domain_labels(domains.repeat(2), both_clusters, trainer.num_clusters)
-            terms["image_text"] = funcs["image_text"](both[keep], combined[keep])
-        if "instance" in funcs:
-            terms["instance"] = funcs["instance"](e1, domains, ref_emb=e2)
-        if "miner" in funcs:
-            combined = encode_domain_labels(domains, clusters, trainer.num_clusters)
-            terms["miner"] = funcs["miner"](e1, combined, miners["miner"](e1, combined))
-        return terms
+        batch = SynergyBatch(e1, e2, domains, trainer.state.labels[index].to(trainer.device),
+                             trainer.state.keep_mask[index].to(trainer.device), trainer.num_clusters)
+        return trainer.losses.compute(batch)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+# The trainer's default stages, in order; "done" follows the last stage of any run.
 STAGE_ORDER = ("warmup", "cluster", "prompts", "synergy", "done")
 
 
@@ -18,8 +20,11 @@ class TrainingState:
     carry it. Its ``state_dict`` holds only tensors and plain Python values, so a checkpoint loads
     with ``torch.load(weights_only=True)``.
 
+    Args:
+        stage_names: The run's stages, in order (default: the trainer's own, :data:`STAGE_ORDER`).
+
     Attributes:
-        stage: The stage running or next to run (one of ``STAGE_ORDER``).
+        stage: The stage running or next to run (one of ``stage_names``, or ``"done"``).
         epoch: Epochs of ``stage`` completed.
         labels: Aligned cluster id per image (N), or None before the first clustering.
         keep_mask: Per image, whether the cluster losses train on it (N, bool).
@@ -27,8 +32,11 @@ class TrainingState:
         elapsed_before: Wall seconds spent before the current process started (resume).
     """
 
-    def __init__(self) -> None:
-        self.stage = STAGE_ORDER[0]
+    def __init__(self, stage_names: Sequence[str] = STAGE_ORDER[:-1]) -> None:
+        if len(set(stage_names)) != len(stage_names) or "done" in stage_names or not stage_names:
+            raise ValueError(f"stage names must be distinct, not 'done', and at least one; got {list(stage_names)}")
+        self.stage_names = (*stage_names, "done")
+        self.stage = self.stage_names[0]
         self.epoch = 0
         self.labels: torch.Tensor | None = None
         self.keep_mask: torch.Tensor | None = None
@@ -55,8 +63,9 @@ class TrainingState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["stage"] not in STAGE_ORDER:
-            raise ValueError(f"Checkpoint names an unknown stage {state['stage']!r}")
+        if state["stage"] not in self.stage_names:
+            raise ValueError(f"Checkpoint names the stage {state['stage']!r}, which this run does not have "
+                             f"(its stages: {', '.join(self.stage_names)})")
         self.stage, self.epoch = state["stage"], int(state["epoch"])
         self.labels, self.keep_mask = state["labels"], state["keep_mask"]
         self.history = list(state["history"])

@@ -9,7 +9,7 @@ losses see carries no labels at all.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,12 @@ from accelerate.utils import broadcast, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .. import _torchvision_compat  # noqa: F401
 from ..clustering import ClusterPseudoLabeler, cluster_centroids, confident_mask, faiss_gpu_available
 from ..errors import TPSNetError
 from ..evaluation import evaluate_domains, mean_metrics, relabel_precision
 from ..evaluation.baseline import raw_pixel_features
 from ..models import TPSNet, create_tpsnet
+from ..models.pretrained import pretrained_config
 from ..text_prior import DomainPromptLearner
 from ..text_prior.domain_prompt_learner import clip_embed_dim, create_frozen_clip, encode_clip_images
 from ..text_prior.image_tower import clip_config_image_size
@@ -53,7 +53,8 @@ from .data import (
     small_domain_warnings,
     unlabelled_view,
 )
-from .hooks import CheckpointHook, EvaluationHook, LoggingHook, ReclusterHook
+from .hooks import CheckpointHook, EndOfEpochHook, EvaluationHook, LoggingHook, ReclusterHook
+from .loss_terms import build_losses
 from .progress import progress
 from .reporting import build_summary, export_model, write_records, write_summary
 from .run_dir import (
@@ -65,9 +66,9 @@ from .run_dir import (
     stop_requested,
     write_run_marker,
 )
-from .setup import build_accelerator, build_losses, build_optimizer, phase_compile_mode
+from .setup import build_accelerator, build_optimizer, phase_compile_mode
 from .stages import ClusteringStage, PromptStage, Stage, SynergyStage, WarmupStage
-from .state import STAGE_ORDER, PromptContext, TrainingState
+from .state import PromptContext, TrainingState
 
 
 class NonFiniteLossError(TPSNetError, RuntimeError):
@@ -100,12 +101,22 @@ class TPSNetTrainer:
     Args:
         config: A full or partial config dict (merged over the defaults).
         accelerator: An ``Accelerator``; None builds one from the config's ``accelerate`` section.
+        stages: The stages ``fit`` runs, in order (each a :class:`Stage` with a distinct ``name``);
+            None builds the config's: warm-up, clustering, prompts (with the text prior), synergy.
+        hooks: The end-of-epoch hooks of the default synergy stage; None builds the config's
+            (logging, re-clustering, evaluation, checkpoints). Ignored when ``stages`` is given.
 
     Example:
         >>> summary = TPSNetTrainer({"output_dir": "outputs/digits"}).fit()
     """
 
-    def __init__(self, config: Mapping[str, Any] | None = None, accelerator: Accelerator | None = None) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any] | None = None,
+        accelerator: Accelerator | None = None,
+        stages: Sequence[Stage] | None = None,
+        hooks: Sequence[EndOfEpochHook] | None = None,
+    ) -> None:
         self.config = cfg = merge_config(default_config(), config or {})
         validate_config(cfg)
         self.output_dir = Path(cfg["output_dir"])
@@ -199,7 +210,8 @@ class TPSNetTrainer:
         )
         for loss in self.losses.loss_funcs.values():
             loss.to(self.device)
-        self.state = TrainingState()
+        self.stages = list(stages) if stages is not None else self.build_stages(hooks)
+        self.state = TrainingState([stage.name for stage in self.stages])
         # Everything resumable goes through Accelerate's save_state/load_state (fixed order).
         self.accelerator.register_for_checkpointing(self.state, self.labeler)
         if "prototype" in self.losses.loss_funcs:
@@ -207,28 +219,30 @@ class TPSNetTrainer:
         if self.prompt_learner is not None:
             self.accelerator.register_for_checkpointing(PromptContext(self.prompt_learner))
 
-        self.stages = self.build_stages()
         for warning in self.setup_warnings:
             warnings.warn(warning, stacklevel=2)
         self._fingerprint = dataset_fingerprint(self.dataset)
         self._epoch_embeddings: tuple[tuple[str, int], torch.Tensor] | None = None
 
-    def build_stages(self) -> list[Stage]:
-        """The stages ``fit`` runs, in order, from the config."""
+    def build_hooks(self) -> list[EndOfEpochHook]:
+        """The synergy stage's end-of-epoch hooks, from the config."""
         cfg = self.config
-        hooks = [
+        return [
             LoggingHook(every=1),
             ReclusterHook(every=cfg["cluster"]["recluster_every"]),
             EvaluationHook(every=cfg["eval"]["every"]),
             CheckpointHook(every=cfg["synergy"]["checkpoint_every"]),
         ]
-        s2 = cfg["synergy"]
-        warmup = WarmupStage.from_config({**cfg["warmup"], "batch_size": self.warmup_batch_size})
-        stages: list[Stage] = [warmup, ClusteringStage()]
+
+    def build_stages(self, hooks: Sequence[EndOfEpochHook] | None = None) -> list[Stage]:
+        """The stages ``fit`` runs, in order, from the config (batch sizes fitted to the data)."""
+        cfg = self.config
+        stages: list[Stage] = [WarmupStage.from_config({**cfg["warmup"], "batch_size": self.warmup_batch_size}),
+                               ClusteringStage()]
         if self.prompt_learner is not None:
             stages.append(PromptStage.from_config(cfg["prompts"]))
-        stages.append(SynergyStage(s2["epochs"], self.synergy_batch_size, s2["m_per_cluster"], hooks=hooks,
-                                   min_steps=s2["min_steps"]))
+        stages.append(SynergyStage.from_config({**cfg["synergy"], "batch_size": self.synergy_batch_size},
+                                               hooks=self.build_hooks() if hooks is None else hooks))
         return stages
 
     # ------------------------------------------------------------------ the whole run
@@ -289,7 +303,8 @@ class TPSNetTrainer:
             self.record_baseline()
         names = [stage.name for stage in self.stages] + ["done"]
         for position, stage in enumerate(self.stages):
-            if STAGE_ORDER.index(self.state.stage) > STAGE_ORDER.index(stage.name):
+            order = self.state.stage_names
+            if order.index(self.state.stage) > order.index(stage.name):
                 continue
             stage.run(self)
             if names[position + 1] == "done":
@@ -315,11 +330,12 @@ class TPSNetTrainer:
         for warning in summary["warnings"]:
             self.accelerator.print(f"WARNING: {warning}")
         if self.accelerator.is_main_process:
-            export_model(self.accelerator, self.accelerator.unwrap_model(self.stage_model).tpsnet, self.output_dir, {
-                "embed_dim": self.embed_dim, "num_domains": self.num_domains, "num_clusters": self.num_clusters,
-                "domain_names": self.domain_names, "classes": list(self.dataset.classes),
-                "image_size": self.image_size,
-            })
+            tpsnet = self.accelerator.unwrap_model(self.stage_model).tpsnet
+            export_model(self.accelerator, tpsnet, self.output_dir, pretrained_config(
+                self.config["model"], tpsnet, embed_dim=self.embed_dim, num_domains=self.num_domains,
+                num_clusters=self.num_clusters, image_size=self.image_size, domain_names=self.domain_names,
+                classes=list(self.dataset.classes),
+            ))
             write_summary(self.output_dir, summary)
             if self.config["eval"]["plots"]:
                 from .plots import save_run_plots
@@ -566,7 +582,7 @@ class TPSNetTrainer:
 
     def record_repair(self, epoch: int, before: torch.Tensor, after: torch.Tensor,
                       total: bool = False) -> dict[str, Any]:
-        """Log a stage-1 re-pairing (how many labels changed, and how many of those are right: diagnostics only).
+        """Log a prompts-stage re-pairing (how many labels changed, and how many of those are right: diagnostics only).
 
         Args:
             epoch: The prompt epoch of the re-pairing (the stage's last epoch for the total).
@@ -577,7 +593,8 @@ class TPSNetTrainer:
         info = {"repair": "total" if total else "step", **relabel_precision(before, after, self.true_labels)}
         precision = info["precision"]
         self.accelerator.print(
-            f"stage 1: {'in all, ' if total else ''}re-paired {info['changed']} labels ({100 * info['share']:.2f} %)"
+            f"prompts stage: {'in all, ' if total else ''}re-paired {info['changed']} labels "
+            f"({100 * info['share']:.2f} %)"
             + ("" if precision is None else f", {100 * precision:.1f} % of them right (diagnostic, uses labels)"))
         self.state.history.append({"stage": "prompts", "epoch": epoch, "repair": info})
         if self.accelerator.is_main_process:
@@ -596,23 +613,12 @@ class TPSNetTrainer:
             prototypes = self.losses.loss_funcs["prototype"].prototypes
             prototypes.copy_(F.normalize(self.accelerator.reduce(prototypes.clone(), reduction="mean"), dim=-1))
 
-    def set_text_features_of_losses(self) -> None:
-        """Hand the frozen prompt features to the losses and miners that use them."""
-        text = self.model.text_features
-        if text is None:
-            return
-        if "image_text" in self.losses.loss_funcs:
-            self.losses.loss_funcs["image_text"].set_text_features(text)
-        if "miner" in self.losses.mining_funcs:
-            miner = self.losses.mining_funcs["miner"]
-            getattr(miner, "miner", miner).set_text_features(text)
-
     # ------------------------------------------------------------------ optimisation helpers
     def set_learning_rates(self, lr: float | None = None) -> None:
         """Set every parameter group to ``lr``, or (None) to the ``synergy`` section's per-group rates."""
-        s2 = self.config["synergy"]
+        synergy = self.config["synergy"]
         for group in self.optimizer.param_groups:
-            group["lr"] = lr if lr is not None else s2["lr_backbone" if group["name"] == "backbone" else "lr_head"]
+            group["lr"] = lr if lr is not None else synergy["lr_backbone" if group["name"] == "backbone" else "lr_head"]
 
     def check_finite(self, terms: Mapping[str, torch.Tensor], step: int) -> None:
         """Raise :class:`NonFiniteLossError` naming the term, stage, epoch and step of a NaN/inf loss,

@@ -41,3 +41,18 @@ def decode_domain_labels(
     if labels.numel() and labels.min() < 0:
         raise ValueError("combined labels must be non-negative")
     return torch.div(labels, num_clusters, rounding_mode="floor"), labels % num_clusters
+
+
+def check_labels_have_prompts(labels: torch.Tensor, domains: torch.Tensor, num_domains: int, num_clusters: int) -> None:
+    """Refuse combined labels whose domain has no prompts (text features of ``num_domains`` domains).
+
+    Raises:
+        ValueError: Naming the labels, the number of prompts and the fix.
+    """
+    outside = domains >= num_domains
+    if outside.any():
+        num_prompts = num_domains * num_clusters
+        raise ValueError(f"labels {labels[outside].unique()[:8].tolist()} match none of the {num_prompts} prompts "
+                         f"({num_domains} domains x {num_clusters} clusters) of the text features; pass combined "
+                         f"labels domain * {num_clusters} + cluster below {num_prompts}, or set the text features "
+                         "of every domain")

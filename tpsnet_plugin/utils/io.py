@@ -17,7 +17,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["atomic_open", "atomic_save_numpy", "atomic_write_bytes", "atomic_write_text", "file_ends_digest"]
+__all__ = [
+    "atomic_open", "atomic_save_numpy", "atomic_write_bytes", "atomic_write_text", "file_ends_digest", "file_sha256",
+]
 
 
 @contextlib.contextmanager
@@ -105,3 +107,12 @@ def file_ends_digest(path: str | os.PathLike) -> bytes | None:
     except OSError:
         return None
     return size.to_bytes(8, "little") + hashlib.blake2b(head + b"|" + tail, digest_size=16).digest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,215 @@
+"""The synergy stage's loss terms: each builds its loss from the config and computes from one batch.
+
+A term declares what it reads of a :class:`SynergyBatch` (the two views' embeddings, domains,
+pseudo-labels, the confident-sample mask) and returns one loss tensor; the stage adds the terms
+with ``synergy.loss_weights.<name>``. A new term is one class here, registered in
+:data:`LOSS_TERMS`, and a default weight in ``default_config.yaml``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pytorch_metric_learning.losses import NTXentLoss
+from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
+from torch import nn
+
+from ..losses import ImageTextCrossEntropyLoss, InstanceContrastiveLoss, PrototypeCrossEntropyLoss
+from ..miners import DomainPromptMiner
+from ..utils import encode_domain_labels
+
+
+@dataclass
+class SynergyBatch:
+    """One synergy step's inputs to the loss terms.
+
+    Attributes:
+        view1: Embeddings of the first augmented view (B×e).
+        view2: Embeddings of the second view of the same images (B×e).
+        domains: Domain id per image (B).
+        clusters: Pseudo-label per image (B).
+        keep: Confident images (``cluster.keep_ratio``), bool (B).
+        num_clusters: C, for the combined ``domain * C + cluster`` labels.
+    """
+
+    view1: torch.Tensor
+    view2: torch.Tensor
+    domains: torch.Tensor
+    clusters: torch.Tensor
+    keep: torch.Tensor
+    num_clusters: int
+
+    @property
+    def both(self) -> torch.Tensor:
+        """Both views' embeddings (2B×e), view 1 first."""
+        return torch.cat([self.view1, self.view2])
+
+    def combined(self, both_views: bool = False) -> torch.Tensor:
+        """The combined ``domain * C + cluster`` labels of one view (B) or both (2B)."""
+        repeat = 2 if both_views else 1
+        return encode_domain_labels(self.domains.repeat(repeat), self.clusters.repeat(repeat), self.num_clusters)
+
+
+class LossTerm:
+    """One term of the synergy loss: a pml loss (and miner) computed from a :class:`SynergyBatch`.
+
+    Args:
+        loss: The loss function.
+        miner: The miner feeding it, if any.
+    """
+
+    name: ClassVar[str]
+    uses_text_prior: ClassVar[bool] = False  # not built without prompts
+
+    def __init__(self, loss: nn.Module, miner: Any = None) -> None:
+        self.loss, self.miner = loss, miner
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, num_clusters: int, embed_dim: int, logit_scale: float,
+                    num_processes: int) -> LossTerm:
+        raise NotImplementedError
+
+    def __call__(self, batch: SynergyBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def set_text_features(self, text_features: torch.Tensor) -> None:
+        """Receive the frozen prompt features (terms that read them override this)."""
+
+
+class PrototypeTerm(LossTerm):
+    """Cross-entropy of both views' confident images against the shared momentum prototypes."""
+
+    name = "prototype"
+
+    @classmethod
+    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes) -> PrototypeTerm:
+        return cls(PrototypeCrossEntropyLoss(num_clusters, embed_dim, temperature=config["prototype_temperature"],
+                                             momentum=config["prototype_momentum"]))
+
+    def __call__(self, batch: SynergyBatch) -> torch.Tensor:
+        keep = batch.keep.repeat(2)
+        return self.loss(batch.both[keep], batch.clusters.repeat(2)[keep])
+
+
+class ImageTextTerm(LossTerm):
+    """Label-smoothed cross-entropy of both views' confident images against their domain's prompts."""
+
+    name = "image_text"
+    uses_text_prior = True
+
+    @classmethod
+    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes) -> ImageTextTerm:
+        return cls(ImageTextCrossEntropyLoss(num_clusters, label_smoothing=config["label_smoothing"],
+                                             logit_scale=logit_scale))
+
+    def __call__(self, batch: SynergyBatch) -> torch.Tensor:
+        keep = batch.keep.repeat(2)
+        return self.loss(batch.both[keep], batch.combined(both_views=True)[keep])
+
+    def set_text_features(self, text_features: torch.Tensor) -> None:
+        self.loss.set_text_features(text_features)
+
+
+class InstanceTerm(LossTerm):
+    """NT-Xent between the two views of each image (negatives from its own domain by default)."""
+
+    name = "instance"
+
+    @classmethod
+    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes) -> InstanceTerm:
+        return cls(InstanceContrastiveLoss(temperature=config["instance_temperature"],
+                                           within_domain=config["instance_within_domain"]))
+
+    def __call__(self, batch: SynergyBatch) -> torch.Tensor:
+        return self.loss(batch.view1, batch.domains, ref_emb=batch.view2)
+
+
+class MinerTerm(LossTerm):
+    """pml's NT-Xent on the pairs :class:`~tpsnet_plugin.miners.DomainPromptMiner` mines from view 1."""
+
+    name = "miner"
+
+    @classmethod
+    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes) -> MinerTerm:
+        loss = NTXentLoss(temperature=config["instance_temperature"])
+        miner = DomainPromptMiner(num_clusters, threshold=config["miner_threshold"])
+        if num_processes > 1:
+            loss, miner = DistributedLossWrapper(loss), DistributedMinerWrapper(miner)
+        return cls(loss, miner)
+
+    def __call__(self, batch: SynergyBatch) -> torch.Tensor:
+        combined = batch.combined()
+        return self.loss(batch.view1, combined, self.miner(batch.view1, combined))
+
+    def set_text_features(self, text_features: torch.Tensor) -> None:
+        getattr(self.miner, "miner", self.miner).set_text_features(text_features)  # inside a distributed wrapper
+
+
+# The terms, in the order they are computed and logged.
+LOSS_TERMS: dict[str, type[LossTerm]] = {term.name: term for term in (PrototypeTerm, ImageTextTerm, InstanceTerm,
+                                                                        MinerTerm)}
+
+
+@dataclass
+class LossTable:
+    """The synergy stage's loss terms with a weight above 0, keyed by name.
+
+    ``loss_funcs``, ``mining_funcs`` and ``loss_weights`` follow pytorch-metric-learning's trainers.
+    """
+
+    terms: dict[str, LossTerm] = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def loss_funcs(self) -> dict[str, nn.Module]:
+        return {name: term.loss for name, term in self.terms.items()}
+
+    @property
+    def mining_funcs(self) -> dict[str, Any]:
+        return {name: term.miner for name, term in self.terms.items() if term.miner is not None}
+
+    def compute(self, batch: SynergyBatch) -> dict[str, torch.Tensor]:
+        """Every term of one batch, keyed by name (unweighted)."""
+        return {name: term(batch) for name, term in self.terms.items()}
+
+    def total(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted sum of computed loss terms."""
+        return sum(self.loss_weights[name] * value for name, value in terms.items())
+
+    def set_text_features(self, text_features: torch.Tensor | None) -> None:
+        """Hand the frozen prompt features to every term that reads them."""
+        if text_features is not None:
+            for term in self.terms.values():
+                term.set_text_features(text_features)
+
+
+def build_losses(
+    synergy_config: Mapping[str, Any],
+    num_clusters: int,
+    embed_dim: int,
+    text_prior: bool,
+    logit_scale: float = 100.0,
+    num_processes: int = 1,
+) -> LossTable:
+    """Build the loss table of the synergy stage from the ``synergy`` config section.
+
+    Args:
+        synergy_config: The ``synergy`` section (``loss_weights`` and the loss options).
+        num_clusters: Number of clusters C.
+        embed_dim: Embedding width e.
+        text_prior: Whether prompts exist; without them the terms that read prompts are not built.
+        logit_scale: CLIP's logit scale for the image-to-text logits.
+        num_processes: World size; above 1 the pml loss and miner are wrapped to gather across processes.
+    """
+    table = LossTable()
+    for name, term in LOSS_TERMS.items():
+        weight = float(synergy_config["loss_weights"][name])
+        if weight <= 0 or (term.uses_text_prior and not text_prior):
+            continue
+        table.loss_weights[name] = weight
+        table.terms[name] = term.from_config(synergy_config, num_clusters=num_clusters, embed_dim=embed_dim,
+                                             logit_scale=logit_scale, num_processes=num_processes)
+    return table
