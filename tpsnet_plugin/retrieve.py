@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from .data import IMG_EXTENSIONS, default_transform
-from .data.folder import find_images
 from .data.icons import cache_dir
 from .data.image_io import load_rgb
+from .data.walk import find_images
 from .errors import DataError, TPSNetError, first_line
 from .evaluation.knn import top_k
 from .models import TPSNet, load_pretrained

@@ -34,7 +34,7 @@ def test_pretrained_baseline_is_the_frozen_backbone(tmp_path, tiny_config):
     torch.manual_seed(3)
     torch.save(timm.create_model("small_cnn", num_classes=0, widths=[8, 16, 16, 32]).state_dict(), weights)
     trainer = TPSNetTrainer(tiny_config(tmp_path, f"model.checkpoint_path={weights}"))
-    assert trainer.starting_point_kinds()[:2] == ["raw_pixels", "frozen_features"]
+    assert trainer.evaluator.starting_point_kinds()[:2] == ["raw_pixels", "frozen_features"]
     baseline = trainer.baseline("frozen_features")
     network = timm.create_model("small_cnn", num_classes=0, widths=[8, 16, 16, 32], checkpoint_path=str(weights)).eval()
     backbone = trainer.model.backbone
@@ -54,7 +54,8 @@ def test_baseline_draws_no_random_numbers(tmp_path, tiny_config):
     trainer.record_baseline()
     assert torch.equal(before, torch.get_rng_state())
     kinds = [record["baseline"]["kind"] for record in trainer.state.history]
-    assert kinds == trainer.starting_point_kinds() == ["raw_pixels", "clip_zero_shot"]  # digits.yaml: icons CLIP
+    # digits.yaml: the icons CLIP
+    assert kinds == trainer.evaluator.starting_point_kinds() == ["raw_pixels", "clip_zero_shot"]
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from tpsnet_plugin.training import (
     SynergyStage,
     TPSNetTrainer,
     TrainingState,
+    build_hooks,
 )
 
 NO_TEXT = ("model.text_prior=false", "warmup.epochs=0", "synergy.epochs=2", "eval.every=0")
@@ -43,7 +44,7 @@ def test_hooks_passed_in_replace_the_configs(tmp_path, tiny_config):
     evaluation = EvaluationHook(every=0)  # after the last epoch only
     trainer = TPSNetTrainer(tiny_config(tmp_path, *NO_TEXT), hooks=[hook, evaluation])
     assert trainer.stages[-1].hooks == [hook, evaluation]
-    assert [type(h).__name__ for h in trainer.build_hooks()] == ["LoggingHook", "ReclusterHook", "EvaluationHook",
+    assert [type(h).__name__ for h in build_hooks(trainer.config)] == ["LoggingHook", "ReclusterHook", "EvaluationHook",
                                                                  "CheckpointHook"]
     trainer.fit()
     assert hook.epochs == [("synergy", 1), ("synergy", 2)]
@@ -64,6 +65,14 @@ def test_stages_passed_in_run_in_order_and_resume_by_name(tmp_path, tiny_config)
                           stages=[ClusteringStage(), NoteStage(), SynergyStage.from_config(
                               {**config["synergy"], "epochs": 3, "batch_size": 32}, hooks=[EvaluationHook(every=0)])])
     assert again.fit(resume=True)["last_epoch"] == 3
+
+
+def test_the_trainer_is_the_context_stages_and_hooks_are_typed_against(tmp_path, tiny_config):
+    from tpsnet_plugin.training.context import HookContext, StageContext
+
+    trainer = TPSNetTrainer(tiny_config(tmp_path, *NO_TEXT))
+    assert isinstance(trainer, StageContext) and isinstance(trainer, HookContext)
+    assert not isinstance(object(), StageContext)
 
 
 def test_stage_names_must_be_distinct():

@@ -64,7 +64,7 @@ def test_run_starts_from_the_clip_and_reports_three_starting_points(tmp_path, cl
         clip_embedding = encode_clip_images(clip, images)
     trainer.model.train()
     torch.testing.assert_close(start, clip_embedding, atol=1e-4, rtol=1e-4)  # I_rgb starts as the CLIP's embedding
-    assert trainer.starting_point_kinds() == ["raw_pixels", "frozen_features", "clip_zero_shot"]
+    assert trainer.evaluator.starting_point_kinds() == ["raw_pixels", "frozen_features", "clip_zero_shot"]
 
     summary = trainer.fit()
     points = summary["starting_points"]
@@ -159,4 +159,4 @@ def test_zero_shot_without_class_names_is_refused(tmp_path, clip_file, pretraine
         TPSNetTrainer(load_config(repo / "configs" / "digits.yaml", config, output_dir=str(tmp_path / "run")))
     named = TPSNetTrainer(load_config(repo / "configs" / "digits.yaml", [*config, "data.class_names=[cat, dog]"],
                                       output_dir=str(tmp_path / "run")))
-    assert named.class_names == ["cat", "dog"] and "clip_zero_shot" in named.starting_point_kinds()
+    assert named.class_names == ["cat", "dog"] and "clip_zero_shot" in named.evaluator.starting_point_kinds()

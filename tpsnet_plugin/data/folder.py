@@ -14,130 +14,13 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .image_io import check_image, load_rgb
+from .image_io import load_rgb
 from .transforms import default_transform
+from .walk import Walk, find_images, is_readable, looks_like_office31, preview, visible_entries
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 LAYOUTS = ("auto", "folder", "office31", "list")
 ON_ERROR = ("raise", "skip")
-
-
-def _preview(names: Sequence[str], limit: int = 20) -> str:
-    """Render a list of names for an error message, truncated after ``limit`` entries."""
-    names = list(names)
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return f"[{shown}{f', ... ({len(names) - limit} more)' if len(names) > limit else ''}]"
-
-
-def _visible_entries(path: Path) -> list[os.DirEntry]:
-    # Hidden entries (".DS_Store", macOS "._x.jpg" resource forks) are never data.
-    with os.scandir(path) as entries:
-        return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
-
-
-class _Walk:
-    """Image files under class folders, each real folder entered once, each real file kept once.
-
-    Symlinks are followed (datasets are often assembled from links), but a folder already
-    entered (by its ``(st_dev, st_ino)``) is not entered again, so a symlink loop ends and a
-    link to a sibling class folder does not relabel that class's images. The class folders
-    themselves count as entered before the walk starts. Files whose real path lies outside the
-    domain folder are kept and listed in ``outside``; a real file reached twice is kept once,
-    preferring a path that does not go through a symlink.
-    """
-
-    def __init__(self, domain_dir: Path, extensions: tuple[str, ...], class_roots: Sequence[Path]):
-        self.domain_real = os.path.realpath(domain_dir)
-        self.extensions = extensions
-        self.entered = {key for key in map(_dir_key, class_roots) if key is not None}
-        self.repeated_dirs: list[str] = []  # folders not entered again
-        self.duplicates: list[str] = []  # paths of real files already listed
-        self.outside: list[tuple[str, str]] = []  # (path, real path) outside the domain folder
-
-    def find(self, class_root: Path) -> list[tuple[str, str, bool]]:
-        """``(path, real path, through a symlink)`` of every image under ``class_root``, sorted."""
-        found = []
-        # Depth first, files of a folder before its subfolders, names sorted (like os.walk).
-        stack = [(str(class_root), os.path.realpath(class_root), os.path.islink(class_root))]
-        while stack:
-            path, real, linked = stack.pop()
-            try:
-                entries = _visible_entries(Path(path))
-            except OSError:  # unreadable or vanished folder: nothing to list
-                continue
-            subdirs = []
-            for entry in entries:
-                is_link = entry.is_symlink()
-                try:
-                    is_dir = entry.is_dir()  # follows links; a dangling link is neither
-                except OSError:
-                    continue
-                if is_dir:
-                    key = _dir_key(entry.path)
-                    if key is None:
-                        continue
-                    if key in self.entered:
-                        self.repeated_dirs.append(entry.path)
-                        continue
-                    self.entered.add(key)
-                    child_real = os.path.realpath(entry.path) if is_link else os.path.join(real, entry.name)
-                    subdirs.append((entry.path, child_real, linked or is_link))
-                elif entry.name.lower().endswith(self.extensions):  # dangling links fail later
-                    file_real = os.path.realpath(entry.path) if is_link else os.path.join(real, entry.name)
-                    found.append((entry.path, file_real, linked or is_link))
-            stack.extend(reversed(subdirs))
-        return found
-
-    def is_outside(self, real: str) -> bool:
-        return real != self.domain_real and not real.startswith(self.domain_real.rstrip(os.sep) + os.sep)
-
-
-def _dir_key(path: str | os.PathLike) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _is_file(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_file()
-    except OSError:
-        return False
-
-
-def find_images(directory: Path, extensions: tuple[str, ...]) -> list[str]:
-    """All image files under ``directory`` (recursively, each real folder once), sorted."""
-    return [path for path, _, _ in _Walk(directory, extensions, [directory]).find(directory)]
-
-
-def _looks_like_office31(images_dir: Path, extensions: tuple[str, ...]) -> bool:
-    """``<domain>/images`` holds class folders (stray files such as ``readme.txt`` allowed).
-
-    A folder ``images`` with image files directly inside is a class of the folder layout.
-    """
-    if not images_dir.is_dir():
-        return False
-    entries = _visible_entries(images_dir)
-    has_folders = any(_is_dir(e) for e in entries)
-    has_images = any(e.name.lower().endswith(extensions) and _is_file(e) for e in entries)
-    return has_folders and not has_images
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
-def _is_readable(path: str) -> bool:
-    try:
-        check_image(path)
-        return True
-    except Exception:  # any decoder failure, or values that cannot be mapped to 8 bit
-        return False
 
 
 class DomainImageFolder(Dataset):
@@ -249,12 +132,12 @@ class DomainImageFolder(Dataset):
         domain_dir = self.root / self.domain
         if domain_dir.is_dir():
             return domain_dir
-        found = [e.name for e in _visible_entries(self.root) if e.is_dir()]
+        found = [e.name for e in visible_entries(self.root) if e.is_dir()]
         close = difflib.get_close_matches(self.domain, found, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise FileNotFoundError(
             f"domain {self.domain!r} not found under {str(self.root)!r}: domains found there: "
-            f"{_preview(found)}{hint}"
+            f"{preview(found)}{hint}"
         )
 
     def _scan_folders(self, layout: str, extensions: tuple[str, ...]) -> list[str]:
@@ -262,7 +145,7 @@ class DomainImageFolder(Dataset):
         domain_dir = self._domain_dir()
         images_dir = domain_dir / "images"
         if layout == "auto":
-            layout = "office31" if _looks_like_office31(images_dir, extensions) else "folder"
+            layout = "office31" if looks_like_office31(images_dir, extensions) else "folder"
         self.layout = layout
         class_root = images_dir if layout == "office31" else domain_dir
         images_part = "images/" if layout == "office31" else ""
@@ -270,14 +153,14 @@ class DomainImageFolder(Dataset):
         if not class_root.is_dir():
             raise FileNotFoundError(f"{str(class_root)!r} does not exist: layout {layout!r} "
                                     f"expects {expected}; try layout='auto' (config: data.layout)")
-        class_names = [e.name for e in _visible_entries(class_root) if e.is_dir()]
+        class_names = [e.name for e in visible_entries(class_root) if e.is_dir()]
         self._items = self._walk_classes(domain_dir, class_root, class_names, extensions)
         if not self._items:
             loose = find_images(class_root, extensions) if not class_names else []
             detail = (
                 f"{len(loose)} images lie directly in it without class folders" if loose else
                 f"found {len(class_names)} class folders and no files ending in "
-                f"{_preview(extensions)}"
+                f"{preview(extensions)}"
             )
             raise DataError(
                 f"domain {self.domain!r} ({str(class_root)!r}) holds no images: {detail}. "
@@ -289,7 +172,7 @@ class DomainImageFolder(Dataset):
     def _walk_classes(self, domain_dir: Path, class_root: Path, class_names: Sequence[str],
                       extensions: tuple[str, ...]) -> list[tuple[str, str]]:
         """``(path, class name)`` of every image of every class folder; warns about symlinks."""
-        walk = _Walk(domain_dir, extensions, [class_root / name for name in class_names])
+        walk = Walk(domain_dir, extensions, [class_root / name for name in class_names])
         found = [(path, real, linked, name)
                  for name in class_names for path, real, linked in walk.find(class_root / name)]
         direct = {real for _, real, linked, _ in found if not linked}
@@ -304,7 +187,7 @@ class DomainImageFolder(Dataset):
                 walk.outside.append((path, real))
         where = f"domain {self.domain!r} ({str(domain_dir)!r})"
         if walk.outside:
-            shown = _preview([f"{path} -> {real}" for path, real in walk.outside], 5)
+            shown = preview([f"{path} -> {real}" for path, real in walk.outside], 5)
             warnings.warn(
                 f"{where}: {len(walk.outside)} image(s) reached through symlinks lie outside the "
                 f"domain folder: {shown}. They are used, labelled by the class folder that links "
@@ -315,8 +198,8 @@ class DomainImageFolder(Dataset):
             warnings.warn(
                 f"{where}: symlinks lead to folders or files already listed (a symlink loop, or "
                 f"several links to one place); each was used once: {len(walk.repeated_dirs)} "
-                f"folder(s) not entered again {_preview(walk.repeated_dirs, 5)}, "
-                f"{len(walk.duplicates)} file(s) not counted again {_preview(walk.duplicates, 5)}",
+                f"folder(s) not entered again {preview(walk.repeated_dirs, 5)}, "
+                f"{len(walk.duplicates)} file(s) not counted again {preview(walk.duplicates, 5)}",
                 stacklevel=4,
             )
         return items
@@ -397,7 +280,7 @@ class DomainImageFolder(Dataset):
             else:
                 missing.append((path, lineno))
         if missing and self.on_error == "raise":
-            shown = _preview([f"{path} (line {lineno})" for path, lineno in missing], 5)
+            shown = preview([f"{path} (line {lineno})" for path, lineno in missing], 5)
             raise FileNotFoundError(
                 f"{len(missing)} of {len(entries)} files listed in {str(list_path)!r} do not "
                 f"exist: {shown}; fix root or the list, or pass on_error='skip' (config: data.on_error) to drop "
@@ -425,13 +308,13 @@ class DomainImageFolder(Dataset):
         classes = [str(c) for c in classes]
         if not classes or len(set(classes)) != len(classes):
             raise DataError("classes must be a non-empty list of distinct names, got "
-                             f"{_preview(classes)}")
+                             f"{preview(classes)}")
         index = {name: i for i, name in enumerate(classes)}
         samples = [(path, index[name]) for path, name in self._items if name in index]
         found = list(dict.fromkeys(name for _, name in self._items))
         if not samples:
             raise DataError(f"domain {self.domain!r} has no images of the requested classes "
-                             f"{_preview(classes)}; its classes are {_preview(found)}")
+                             f"{preview(classes)}; its classes are {preview(found)}")
         present = {name for _, name in self._items}
         self.classes = classes
         self.samples = samples
@@ -451,7 +334,7 @@ class DomainImageFolder(Dataset):
         paths = [path for path, _ in self._items]
         workers = num_workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            readable = list(pool.map(_is_readable, paths))
+            readable = list(pool.map(is_readable, paths))
         bad = [path for path, ok in zip(paths, readable) if not ok]
         if not bad:
             return bad

@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..utils.io import file_ends_digest
-from .folder import DomainImageFolder, _preview
+from .folder import DomainImageFolder
+from .walk import preview
 
 CLASS_POLICIES = ("strict", "intersection")
 
@@ -70,7 +71,7 @@ class MultiDomainDataset(Dataset):
                 continue
             lacks = [c for c in self.classes if c not in other]
             extra = [c for c in other if c not in self.classes]
-            detail = (f"lacks {_preview(lacks)}; has extra {_preview(extra)}" if lacks or extra
+            detail = (f"lacks {preview(lacks)}; has extra {preview(extra)}" if lacks or extra
                       else "has the same classes in another order")
             differences.append(f"domain {name!r} {detail}")
         if differences:
@@ -195,7 +196,7 @@ def build_folder_domains(
 
     missing = {part.domain: part.missing_classes for part in parts if part.missing_classes}
     if missing and class_policy == "strict":
-        detail = "; ".join(f"domain {d!r} lacks {_preview(m)}" for d, m in missing.items())
+        detail = "; ".join(f"domain {d!r} lacks {preview(m)}" for d, m in missing.items())
         raise DataError(
             f"{_too_few_images(parts, shared)}"
             f"some classes have no images in some domains: {detail}. Every class needs images "
@@ -209,7 +210,7 @@ def build_folder_domains(
         if not kept:
             raise DataError(f"no class has images in all of the domains {domains}")
         warnings.warn(f"data.class_policy=intersection: dropped {len(dropped)} classes missing "
-                      f"from some domain: {_preview(dropped)}; keeping {len(kept)}", stacklevel=2)
+                      f"from some domain: {preview(dropped)}; keeping {len(kept)}", stacklevel=2)
         for part in parts:
             part.set_classes(kept)
     too_few = _too_few_images(parts, parts[0].classes)

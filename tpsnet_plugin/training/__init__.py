@@ -1,6 +1,17 @@
 """Training: the Accelerate trainer, its stages and hooks, config loading and checkpoints."""
 
 from .augment import BatchAugment
+from .builder import (
+    RunData,
+    RunModel,
+    RunSetup,
+    StageModel,
+    build_data,
+    build_hooks,
+    build_model,
+    build_setup,
+    build_stages,
+)
 from .config import default_config, load_config, merge_config
 from .data import build_dataset
 from .hooks import CheckpointHook, EndOfEpochHook, EvaluationHook, LoggingHook, ReclusterHook
@@ -8,7 +19,7 @@ from .loss_terms import LOSS_TERMS, LossTable, LossTerm, SynergyBatch, build_los
 from .setup import build_accelerator, build_optimizer
 from .stages import ClusteringStage, PromptStage, Stage, SynergyStage, WarmupStage
 from .state import TrainingState
-from .trainer import NonFiniteLossError, StageModel, TPSNetTrainer
+from .trainer import NonFiniteLossError, TPSNetTrainer
 
 __all__ = [
     "BatchAugment",
@@ -25,6 +36,9 @@ __all__ = [
     "PromptStage",
     "ReclusterHook",
     "Stage",
+    "RunData",
+    "RunModel",
+    "RunSetup",
     "StageModel",
     "SynergyStage",
     "TPSNetTrainer",
@@ -32,7 +46,12 @@ __all__ = [
     "WarmupStage",
     "build_accelerator",
     "build_dataset",
+    "build_data",
+    "build_hooks",
     "build_losses",
+    "build_model",
+    "build_setup",
+    "build_stages",
     "build_optimizer",
     "default_config",
     "load_config",

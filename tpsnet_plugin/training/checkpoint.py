@@ -297,3 +297,56 @@ def load_checkpoint(accelerator: Accelerator, folder: Path) -> dict[str, Any]:
             "(truncated or corrupt): remove the folder to resume from the one before it, or start a new run."
         ) from error
     return meta
+
+
+class RunCheckpoints:
+    """A run's checkpoints: each saved with the experiment's facts, the latest loaded only into the same experiment.
+
+    Args:
+        accelerator: The run's accelerator (every process saves and loads its part).
+        folder: ``<output_dir>/checkpoints``.
+        config: The run's resolved config (saved with every checkpoint, compared on resume).
+        fingerprint: The dataset's :func:`~tpsnet_plugin.training.data.dataset_fingerprint`.
+    """
+
+    def __init__(self, accelerator: Accelerator, folder: Path, config: Mapping[str, Any],
+                 fingerprint: Mapping[str, Any]) -> None:
+        self.accelerator, self.folder, self.config, self.fingerprint = accelerator, Path(folder), config, fingerprint
+
+    def save(self, tag: str, stage: str, epoch: int) -> Path:
+        """Write a resumable checkpoint named ``tag`` (atomic)."""
+        meta = {"stage": stage, "epoch": epoch, "config": self.config, "dataset": self.fingerprint}
+        return save_checkpoint(self.accelerator, self.folder, tag, meta)
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint, or None."""
+        return latest_checkpoint(self.folder)
+
+    def load_latest(self, planned_synergy_epochs: int | None = None) -> Path:
+        """Load the newest complete checkpoint after checking it is this experiment.
+
+        Args:
+            planned_synergy_epochs: The synergy epochs this run will train; a checkpoint past them
+                is refused (None: not checked).
+
+        Raises:
+            FileNotFoundError: No complete checkpoint.
+            ResumeMismatchError: The config (outside the safe list) or the dataset differs.
+            ConfigError: The checkpoint is past the planned synergy epochs.
+        """
+        folder = latest_checkpoint(self.folder, log=self.accelerator.print)
+        if folder is None:
+            raise FileNotFoundError(
+                f"--resume: no complete checkpoint in {self.folder} (a run writes its first one after the "
+                "warm-up). Start the run again with --overwrite, or without --resume in a new --output-dir."
+            )
+        meta = read_checkpoint_meta(folder)
+        check_resume_compatible(meta, self.config, self.fingerprint)
+        if (planned_synergy_epochs is not None and meta.get("stage") in ("synergy", "done")
+                and int(meta.get("epoch", 0)) > planned_synergy_epochs):
+            raise ConfigError(
+                f"--resume: the checkpoint {folder.name} is at synergy epoch {meta['epoch']}, past the "
+                f"{planned_synergy_epochs} epochs synergy.epochs={self.config['synergy']['epochs']} asks for: give "
+                f"synergy.epochs >= {meta['epoch']} to train on, or use the run's exported model as it is")
+        load_checkpoint(self.accelerator, folder)
+        return folder

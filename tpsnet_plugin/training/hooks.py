@@ -1,14 +1,18 @@
 """End-of-epoch hooks: what happens between synergy epochs (log, re-cluster, evaluate, checkpoint).
 
-Each hook is a callable ``hook(trainer, stage)`` run after every epoch of a stage, in the spirit of
-pytorch-metric-learning's ``end_of_epoch_hook``. ``trainer.state.epoch`` is the number of epochs
+Each hook is a callable ``hook(trainer, stage)`` (``trainer``: a
+:class:`~tpsnet_plugin.training.context.HookContext`) run after every epoch of a stage, in the
+spirit of pytorch-metric-learning's ``end_of_epoch_hook``. ``trainer.state.epoch`` is the number of epochs
 completed; ``stage.epochs`` the stage's length. Hooks that need embeddings share one embedding pass
 per epoch through ``trainer.epoch_embeddings()``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .context import HookContext
 
 
 class EndOfEpochHook:
@@ -24,18 +28,18 @@ class EndOfEpochHook:
             return self.at_end
         return bool(self.every) and epoch % self.every == 0
 
-    def __call__(self, trainer: Any, stage: Any) -> None:
+    def __call__(self, trainer: HookContext, stage: Any) -> None:
         if self.due(trainer.state.epoch, stage.epochs):
             self.run(trainer, stage)
 
-    def run(self, trainer: Any, stage: Any) -> None:
+    def run(self, trainer: HookContext, stage: Any) -> None:
         raise NotImplementedError
 
 
 class LoggingHook(EndOfEpochHook):
     """Log the epoch's mean loss terms to the trackers as ``<stage>/<term>``."""
 
-    def run(self, trainer, stage) -> None:
+    def run(self, trainer: HookContext, stage) -> None:
         means = {f"{stage.name}/{name}": value for name, value in stage.epoch_losses.items()}
         trainer.accelerator.log(means, step=trainer.state.epoch)
 
@@ -49,7 +53,7 @@ class ReclusterHook(EndOfEpochHook):
     def __init__(self, every: int) -> None:
         super().__init__(every, at_end=False)
 
-    def run(self, trainer, stage) -> None:
+    def run(self, trainer: HookContext, stage) -> None:
         embeddings = trainer.epoch_embeddings()
         trainer.cluster(embeddings)
         trainer.init_prototypes(embeddings)
@@ -58,7 +62,7 @@ class ReclusterHook(EndOfEpochHook):
 class EvaluationHook(EndOfEpochHook):
     """Evaluate every ordered domain pair and record the result (always after the last epoch)."""
 
-    def run(self, trainer, stage) -> None:
+    def run(self, trainer: HookContext, stage) -> None:
         embeddings = trainer.epoch_embeddings()
         trainer.record_evaluation(trainer.evaluate(embeddings), trainer.label_free_score(embeddings))
 
@@ -66,5 +70,5 @@ class EvaluationHook(EndOfEpochHook):
 class CheckpointHook(EndOfEpochHook):
     """Save a resumable checkpoint named ``<stage>-epochNNN`` (always after the last epoch)."""
 
-    def run(self, trainer, stage) -> None:
+    def run(self, trainer: HookContext, stage) -> None:
         trainer.save(f"{stage.name}-epoch{trainer.state.epoch:03d}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
@@ -42,9 +43,10 @@ class SynergyBatch:
     keep: torch.Tensor
     num_clusters: int
 
-    @property
+    @cached_property
     def both(self) -> torch.Tensor:
-        """Both views' embeddings (2B×e), view 1 first."""
+        """Both views' embeddings (2B×e), view 1 first; one tensor shared by the terms that read it, so
+        their gradients meet in one graph node (the order of the float sums, hence the run, is fixed)."""
         return torch.cat([self.view1, self.view2])
 
     def combined(self, both_views: bool = False) -> torch.Tensor:

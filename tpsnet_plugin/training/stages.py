@@ -1,4 +1,5 @@
-"""The stages of TPSNet training, each an object with one contract: ``run(trainer)``.
+"""The stages of TPSNet training, each an object with one contract: ``run(trainer)``, where the
+trainer is a :class:`~tpsnet_plugin.training.context.StageContext` (what a stage may use).
 
 A stage continues from ``trainer.state.epoch`` (0 on a fresh start, later after ``--resume``) and
 returns when it is complete; the trainer then advances ``trainer.state`` to the next stage and
@@ -22,6 +23,7 @@ from ..losses import InstanceContrastiveLoss, PromptContrastiveLoss
 from ..samplers import PseudoLabelSampler
 from ..text_prior.relabel import relabel_with_prompts
 from ..utils import encode_domain_labels
+from .context import StageContext
 from .hooks import EndOfEpochHook
 from .loss_terms import SynergyBatch
 
@@ -33,7 +35,8 @@ def resolve_epochs(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
     return max(epochs, math.ceil(min_steps / steps_per_epoch))
 
 
-def announce_epochs(trainer, section: str, configured: int, epochs: int, min_steps: int, steps: int) -> None:
+def announce_epochs(trainer: StageContext, section: str, configured: int, epochs: int, min_steps: int,
+                    steps: int) -> None:
     """Say how many epochs a stage runs when ``min_steps`` raised ``epochs`` (a large value is seen at once)."""
     if epochs > configured:
         trainer.accelerator.print(
@@ -42,7 +45,7 @@ def announce_epochs(trainer, section: str, configured: int, epochs: int, min_ste
         )
 
 
-def _require_labels(trainer, stage: str) -> None:
+def _require_labels(trainer: StageContext, stage: str) -> None:
     if trainer.state.labels is None:
         raise RuntimeError(f"The {stage} stage needs pseudo-labels: run a ClusteringStage before it")
 
@@ -58,7 +61,7 @@ class Stage:
     name = "stage"
     epochs = 0
 
-    def run(self, trainer: Any) -> None:
+    def run(self, trainer: StageContext) -> None:
         raise NotImplementedError
 
 
@@ -90,7 +93,7 @@ class WarmupStage(Stage):
     def from_config(cls, config: Mapping[str, Any]) -> WarmupStage:
         return cls(**config)
 
-    def run(self, trainer) -> None:
+    def run(self, trainer: StageContext) -> None:
         if self.epochs == 0:
             return
         # full batches only (drop_last), split over the processes
@@ -131,7 +134,7 @@ class ClusteringStage(Stage):
 
     name = "cluster"
 
-    def run(self, trainer) -> None:
+    def run(self, trainer: StageContext) -> None:
         trainer.cluster(trainer.embed(synergy=False))
 
 
@@ -159,7 +162,7 @@ class PromptStage(Stage):
     def from_config(cls, config: Mapping[str, Any]) -> PromptStage:
         return cls(**config)
 
-    def run(self, trainer) -> None:
+    def run(self, trainer: StageContext) -> None:
         _require_labels(trainer, self.name)
         learner, device = trainer.prompt_learner, trainer.device
         # computed again, not cached from the zero-shot starting point: each pass over the loader draws from
@@ -263,7 +266,7 @@ class SynergyStage(Stage):
         """The epochs the stage runs: ``epochs``, or more to reach ``min_steps``."""
         return resolve_epochs(self.epochs, self.min_steps, self.steps_per_epoch(num_images, num_processes))
 
-    def run(self, trainer) -> None:
+    def run(self, trainer: StageContext) -> None:
         _require_labels(trainer, self.name)
         steps = self.steps_per_epoch(len(trainer.dataset), trainer.accelerator.num_processes)
         configured, self.epochs = self.epochs, resolve_epochs(self.epochs, self.min_steps, steps)
@@ -284,7 +287,7 @@ class SynergyStage(Stage):
             for hook in self.hooks:
                 hook(trainer, self)
 
-    def sampler(self, trainer) -> PseudoLabelSampler:
+    def sampler(self, trainer: StageContext) -> PseudoLabelSampler:
         """The batch sampler of this stage, sharded over the trainer's processes."""
         return PseudoLabelSampler(
             trainer.state.labels.numpy(), trainer.domains.numpy(), batch_size=self.batch_size, m=self.m_per_cluster,
@@ -292,7 +295,8 @@ class SynergyStage(Stage):
             num_replicas=trainer.accelerator.num_processes, rank=trainer.accelerator.process_index,
         )
 
-    def train_epoch(self, trainer, sampler: PseudoLabelSampler, max_steps: int | None = None) -> dict[str, float]:
+    def train_epoch(self, trainer: StageContext, sampler: PseudoLabelSampler,
+                    max_steps: int | None = None) -> dict[str, float]:
         """One epoch (or its first ``max_steps`` steps); returns the mean of each loss term."""
         acc = trainer.accelerator
         sampler.set_labels(trainer.state.labels.numpy())
@@ -316,7 +320,7 @@ class SynergyStage(Stage):
             steps += 1
         return {name: total / max(1, steps) for name, total in totals.items()}
 
-    def compute_losses(self, trainer, images, domains, index) -> dict[str, torch.Tensor]:
+    def compute_losses(self, trainer: StageContext, images, domains, index) -> dict[str, torch.Tensor]:
         """Every loss term of one batch, keyed by name (unweighted)."""
         v1, v2 = trainer.views(images)
         with trainer.accelerator.autocast():
