@@ -11,14 +11,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tpsnet_plugin.models import TPSNet
 from tpsnet_plugin.training import NonFiniteLossError, TPSNetTrainer
+from tpsnet_plugin.training.data import images_as_float
 
 # every test here trains (fit(), a CLI subprocess or accelerate launch) or compiles: all end-to-end
 pytestmark = pytest.mark.slow
 
 
 def test_fit_writes_summary_metrics_and_model(tmp_path, tiny_config):
-    summary = TPSNetTrainer(tiny_config(tmp_path, "eval.plots=true", "eval.tsne_max_points=100")).fit()
+    trainer = TPSNetTrainer(tiny_config(tmp_path, "eval.plots=true", "eval.tsne_max_points=100"))
+    summary = trainer.fit()
     run = tmp_path / "run"
     directions = {"handwritten-mnist->printed", "printed->handwritten-mnist"}
     assert set(summary["last"]) == directions
@@ -53,6 +56,15 @@ def test_fit_writes_summary_metrics_and_model(tmp_path, tiny_config):
         assert all(0 <= v <= 1 for v in [record["nmi"], *record["nmi_per_domain"].values()])
     assert (run / "config.yaml").is_file() and (run / "model" / "model.safetensors").is_file()
     assert (run / "tsne.png").is_file() and (run / "retrieval_printed_to_handwritten-mnist.png").is_file()
+    # the summary's last epoch is the last evaluation recorded, and the exported model is the one evaluated:
+    # rebuilt from model/ alone, it embeds every image as the final evaluation did
+    assert summary["last"] == {r["direction"]: r["metrics"] for r in lines if (r["stage"], r["epoch"]) == (
+        "synergy", 3)}
+    exported = TPSNet.from_pretrained(run / "model")
+    images = images_as_float(trainer.images)  # what the evaluation embedded: the cached uint8 images
+    with torch.no_grad():
+        embeddings = exported(images, trainer.domains)
+    assert torch.allclose(embeddings, trainer.epoch_embeddings(), atol=1e-4)
 
 
 @pytest.mark.parametrize("switch", ["model.text_prior=false", "model.phase_prior=false"])

@@ -7,6 +7,7 @@ one part and replace another.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from ..models import TPSNet, create_tpsnet
 from ..text_prior import DomainPromptLearner
 from ..text_prior.domain_prompt_learner import clip_embed_dim, create_frozen_clip
 from ..text_prior.image_tower import clip_config_image_size
+from . import options
 from .augment import BatchAugment
 from .data import build_dataset, cache_images, class_names_of, fit_batch_to_dataset, small_domain_warnings
 from .hooks import CheckpointHook, EndOfEpochHook, EvaluationHook, LoggingHook, ReclusterHook
@@ -151,6 +153,9 @@ def build_model(config: Mapping[str, Any], data: RunData, device: torch.device, 
         clip = create_frozen_clip(model_cfg["clip_model"], model_cfg["clip_pretrained"]).to(device)
     if clip is not None and (model_cfg["text_prior"] or model_cfg["rgb_from_clip"]):
         embed_dim = clip_embed_dim(clip)  # the prompts and the CLIP projection fix e
+        if int(model_cfg["embed_dim"]) not in (embed_dim, int(options.OPTIONS["model"]["embed_dim"].default)):
+            warnings.warn(f"model.embed_dim={model_cfg['embed_dim']} is not used: with the text prior or "
+                          f"model.rgb_from_clip the embedding width is the CLIP's, {embed_dim}", stacklevel=3)
     model = create_tpsnet(model_cfg, embed_dim, num_domains, data.num_clusters, image_size=data.image_size,
                           clip=clip)
     compile_mode = phase_compile_mode(model_cfg["compile"], device)

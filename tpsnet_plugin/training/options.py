@@ -108,8 +108,8 @@ OPTIONS: dict[str, Any] = {
                      "reduce-overhead | max-autotune-no-cudagraphs | max-autotune",
                      choices=("auto", "off", "default", "reduce-overhead", "max-autotune-no-cudagraphs",
                               "max-autotune"), **SAFE),
-        "embed_dim": opt(64, "embedding width e when the text prior is off (with it on, the CLIP embed dim is used)",
-                       low=1),
+        "embed_dim": opt(64, "embedding width e without a CLIP (with the text prior or rgb_from_clip the CLIP's "
+                       "width is used, and another value here is warned about)", low=1),
         "num_heads": opt(4, "heads of the fusion self-attention and the synergy cross-attention", low=1),
         "weight_temperature": opt(0.07, "tau_w of the synergy weights softmax(cos(I_f, T_d) / tau_w)", low=0,
                                 low_open=True),
