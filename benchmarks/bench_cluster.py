@@ -15,7 +15,7 @@ Part 2, ``InstanceContrastiveLoss(temperature=0.1)`` vs pml ``SelfSupervisedLoss
 at batch 64/256/1024, e = 128: forward + backward, values and gradients compared. pml builds a
 (2B positives x 4B^2 negatives) tensor, so at batch 1024 it runs in a subprocess with an
 address-space limit and a time limit, and is reported as skipped when it exceeds either.
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_cluster.py [--quick] [--out FILE]``.
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.bench_cluster [--quick] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -25,24 +25,20 @@ import os
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import tpsnet_plugin  # noqa: E402,F401
 
 # isort: split
-from _common import format_table, measure, parse_args, write_json  # noqa: E402
-from pytorch_metric_learning.losses import NTXentLoss, SelfSupervisedLoss  # noqa: E402
-from sklearn.cluster import KMeans  # noqa: E402
-from sklearn.metrics import normalized_mutual_info_score  # noqa: E402
+from pytorch_metric_learning.losses import NTXentLoss, SelfSupervisedLoss
+from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score
 
-from tpsnet_plugin.clustering import ClusterPseudoLabeler  # noqa: E402
-from tpsnet_plugin.losses import InstanceContrastiveLoss  # noqa: E402
+from benchmarks._common import format_table, measure, parse_args, write_json
+from tpsnet_plugin.clustering import ClusterPseudoLabeler
+from tpsnet_plugin.losses import InstanceContrastiveLoss
 
 K = 65
 NITER = 20
@@ -133,7 +129,7 @@ def pml_case(batch: int) -> None:
     """Subprocess entry: one pml forward+backward, printed as JSON (limits set by the parent)."""
     import time
 
-    from _common import PeakRSS
+    from benchmarks._common import PeakRSS
 
     with PeakRSS() as rss:
         start = time.perf_counter()

@@ -13,24 +13,17 @@ Cases, per size N x M:
 
 Ours must equal (a): asserted to within ``TOLERANCE`` percentage points (numpy and torch/faiss
 matrix products round the last bit differently, which can swap two near-tied gallery items).
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_eval.py [--quick] [--out FILE]``.
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.bench_eval [--quick] [--out FILE]``.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import format_table, measure, parse_args, write_json  # noqa: E402
-
 import tpsnet_plugin  # noqa: E402,F401  (torchvision fix first)
-from tpsnet_plugin.evaluation import cross_domain_retrieval  # noqa: E402
+from benchmarks._common import format_table, measure, parse_args, write_json
+from tpsnet_plugin.evaluation import cross_domain_retrieval
 
 KS = (1, 5, 15)
 DIM = 512

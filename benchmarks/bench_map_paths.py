@@ -1,6 +1,6 @@
 """mAP@All: rank counting (default) vs sorting the whole gallery, same data, same process.
 
-    python benchmarks/bench_map_paths.py [--threads 1] [--quick]
+    python -m benchmarks.bench_map_paths [--threads 1] [--quick]
 
 Both are in ``tpsnet_plugin.evaluation.average_precision``: ``precision_sums_by_counting``
 (binary search of non-relevant similarities among the sorted relevant ones) and
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from _common import format_table, machine_facts, measure, parse_args, write_json
 
 import tpsnet_plugin  # noqa: F401
+from benchmarks._common import format_table, machine_facts, measure, parse_args, write_json
 from tpsnet_plugin.evaluation.average_precision import precision_sums_by_counting, precision_sums_by_sorting
 
 

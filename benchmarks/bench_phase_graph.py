@@ -10,22 +10,18 @@ and one memory step each; median; each step ends with a CUDA synchronise), fp32 
 - "tpsnet graphed phase": the phase network (pooled features) captured as a CUDA graph with
   ``torch.cuda.make_graphed_callables``, so its forward and backward are one launch each.
 
-Needs a CUDA GPU. Run: ``python benchmarks/bench_phase_graph.py``. Output of the run quoted in the
+Needs a CUDA GPU. Run: ``python -m benchmarks.bench_phase_graph``. Output of the run quoted in the
 README: ``benchmarks/results/bench_phase_graph_h200.txt``.
 """
 
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_step import make_step, measure_interleaved, rgb_alone, tpsnet  # noqa: E402
+from benchmarks.bench_step import make_step, measure_interleaved, rgb_alone, tpsnet
 
 if not torch.cuda.is_available():
     sys.exit("bench_phase_graph.py needs a CUDA GPU (torch.cuda.is_available() is False)")

@@ -14,14 +14,13 @@ small_cnn RGB and phase networks, batch 128 with 4 per cluster, C = 10, D = 2).
 - stage 2: ``SynergyStage.train_epoch`` (``PseudoLabelSampler`` batches, two augmented views,
   the loss table, backward, Adam), without the end-of-epoch hooks (re-clustering, evaluation,
   checkpoint).
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_stage1.py [--quick] [--out FILE]``.
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.bench_stage1 [--quick] [--out FILE]``.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,17 +28,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import tpsnet_plugin  # noqa: F401
+from benchmarks._common import PeakRSS, format_table, measure, parse_args, write_json
+from tpsnet_plugin.losses import PromptContrastiveLoss
+from tpsnet_plugin.text_prior import TINY_CLIP_MODEL, DomainPromptLearner
+from tpsnet_plugin.training import PromptStage, SynergyStage, TPSNetTrainer, load_config
+from tpsnet_plugin.utils import encode_domain_labels
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import PeakRSS, format_table, measure, parse_args, write_json  # noqa: E402
-
-import tpsnet_plugin  # noqa: E402,F401
-from tpsnet_plugin.losses import PromptContrastiveLoss  # noqa: E402
-from tpsnet_plugin.text_prior import TINY_CLIP_MODEL, DomainPromptLearner  # noqa: E402
-from tpsnet_plugin.training import PromptStage, SynergyStage, TPSNetTrainer, load_config  # noqa: E402
-from tpsnet_plugin.utils import encode_domain_labels  # noqa: E402
 
 
 def stage1_steps(learner, features, domains, labels, batch_size: int, lr: float,

@@ -13,7 +13,7 @@ inputs to channels-last; on a GPU, "phase compiled (default / reduce-overhead)" 
 Overhead % = TPSNet / RGB alone - 1, both timed in
 this process: the cases of one RGB model are timed in turn (one step each per round), so a change of
 clock speed or load hits them alike.
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_step.py [--quick] [--out FILE]``.
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.bench_step [--quick] [--out FILE]``.
 On a GPU: ``--device cuda [--amp]`` (bf16 autocast); cuDNN benchmark mode is on, every step ends
 with a CUDA synchronise, more steps are timed (3 warm-up, 40 timed) and the memory column is the
 peak CUDA memory of the step beyond what was allocated before it.
@@ -22,26 +22,21 @@ peak CUDA memory of the step beyond what was allocated before it.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import tpsnet_plugin  # noqa: E402,F401
 
 # isort: split
-import timm  # noqa: E402
-from _common import format_table, measure, parse_args, write_json  # noqa: E402
+import timm
 
-from tpsnet_plugin.backbones import PhasePriorBackbone  # noqa: E402
-from tpsnet_plugin.models import TPSNet  # noqa: E402
+from benchmarks._common import format_table, measure, parse_args, write_json
+from tpsnet_plugin.backbones import PhasePriorBackbone
+from tpsnet_plugin.models import TPSNet
 
 EMBED = 512
 NUM_DOMAINS, NUM_CLUSTERS = 2, 65

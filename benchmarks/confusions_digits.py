@@ -6,7 +6,7 @@ ordered domain pair lists the top-1 errors grouped by (query class -> retrieved 
 number of queries of that class. The P@1 printed beside it is the evaluator's
 (``TPSNetTrainer.evaluate``), so the two can be checked against each other.
 
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/confusions_digits.py --run outputs/digits4 [--top 4]
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.confusions_digits --run outputs/digits4 [--top 4]
 [--out FILE]`` (default ``benchmarks/results/confusions_digits.json``).
 """
 
@@ -19,10 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS_DIR, resume_run, write_json  # noqa: E402
+from benchmarks._common import RESULTS_DIR, resume_run, write_json
 
 
 def confusions(features: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, names: list[str],

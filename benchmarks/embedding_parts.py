@@ -10,7 +10,7 @@ normalisation as configured, as the trainer treats its embeddings), four feature
 
 A part that retrieves better than ``embedding`` locates a loss in the steps after it.
 
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/embedding_parts.py --runs outputs/a/full-seed0 ...
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.embedding_parts --runs outputs/a/full-seed0 ...
 [--out FILE]`` (default ``benchmarks/results/embedding_parts.json``). Prints mean P@1 per run and
 part, and mean ± std over the runs of each variant (runs named ``<variant>-seed<k>``, as
 ``benchmarks/quality_digits.py`` names them); writes every direction's metrics.
@@ -20,17 +20,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS_DIR, resume_run, write_json  # noqa: E402
-
-from tpsnet_plugin.evaluation import mean_metrics  # noqa: E402
+from benchmarks._common import RESULTS_DIR, resume_run, write_json
+from tpsnet_plugin.evaluation import mean_metrics
 
 PARTS = ("embedding", "fused", "rgb", "phase")
 

@@ -6,25 +6,23 @@ synchronise (``bench_step.make_step`` and ``measure_interleaved``); plus a torch
 one step (1 channel, 224 px) by self CUDA time.
 Compare "Self CPU time total" with "Self CUDA time total": when the host needs longer to launch the
 kernels than the GPU needs to run them, the step is launch-bound and shrinking the input does not
-help. Needs a CUDA GPU. Run: ``python benchmarks/profile_phase_net.py``.
+help. Needs a CUDA GPU. Run: ``python -m benchmarks.profile_phase_net``.
 Output of the run quoted in the README: ``benchmarks/results/profile_phase_net_h200.txt``.
 """
 
 import sys
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 if not torch.cuda.is_available():
     sys.exit("profile_phase_net.py needs a CUDA GPU (torch.cuda.is_available() is False)")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tpsnet_plugin  # noqa: E402,F401  (its torchvision fix must run before timm is imported)
 
 # isort: split
-import timm  # noqa: E402
-from bench_step import make_step, measure_interleaved  # noqa: E402
+import timm
+
+from benchmarks.bench_step import make_step, measure_interleaved
 
 torch.backends.cudnn.benchmark = True
 dev = "cuda"

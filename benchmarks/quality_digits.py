@@ -1,6 +1,6 @@
 """Retrieval quality: ablations over seeds, on Digits or any folder dataset, from scratch or pretrained.
 
-    python benchmarks/quality_digits.py [--config configs/digits4.yaml] [--seeds 0 1 2] [--variants full no_priors ...]
+    python -m benchmarks.quality_digits [--config configs/digits4.yaml] [--seeds 0 1 2] [--variants full no_priors ...]
                                         [--jobs N] [--threads T]
 
 Variants (all through the same trainer, switched by config keys):
@@ -48,11 +48,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from _common import machine_facts  # noqa: E402
+import matplotlib.pyplot as plt
 
-from tpsnet_plugin.evaluation import mean_metrics  # noqa: E402
-from tpsnet_plugin.training import TPSNetTrainer, load_config  # noqa: E402
+from benchmarks._common import machine_facts
+from tpsnet_plugin.evaluation import mean_metrics
+from tpsnet_plugin.training import TPSNetTrainer, load_config
 
 VARIANTS = {
     "instance_only": ["model.text_prior=false", "model.phase_prior=false", "synergy.loss_weights.prototype=0",

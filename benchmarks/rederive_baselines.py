@@ -7,7 +7,7 @@ the starting points with ``TPSNetTrainer.baseline`` (raw pixels) and the frozen 
 through the trainer's own evaluation. Studies whose data cannot be rebuilt here are listed with
 the reason.
 
-    python benchmarks/rederive_baselines.py [--studies quality_digits quality_generic_digits ...]
+    python -m benchmarks.rederive_baselines [--studies quality_digits quality_generic_digits ...]
 
 Writes ``benchmarks/results/baselines_centred.json``: study -> ``{"raw_pixels": direction ->
 metrics, "frozen_clip": ..., "data": the data section}`` or ``{"unavailable": reason}``.
@@ -20,9 +20,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from _common import RESULTS_DIR, write_json
-from quality_digits import frozen_clip_baseline
-
+from benchmarks._common import RESULTS_DIR, write_json
+from benchmarks.quality_digits import frozen_clip_baseline
 from tpsnet_plugin.evaluation import mean_metrics
 from tpsnet_plugin.training import TPSNetTrainer, load_config
 

@@ -14,8 +14,8 @@ uncentred number beside it. ``summary`` is the README's table of the shipped rec
 ``wall_times`` (a table) and ``wall_times_line`` (a sentence) the times of ``make demo`` and
 ``make test`` on a fresh clone (``benchmarks/wall_times.py``).
 
-    python benchmarks/report_tables.py            # rewrite every marked table
-    python benchmarks/report_tables.py --check    # exit status 1 when a table differs from the JSON
+    python -m benchmarks.report_tables            # rewrite every marked table
+    python -m benchmarks.report_tables --check    # exit status 1 when a table differs from the JSON
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def wall_times_line() -> str:
         times.append(f"`make {command}` {minutes} min {seconds:02d} s" + ("" if result["returncode"] == 0 else
                                                                           f" (exit status {result['returncode']})"))
     machine = record["machine"]
-    return (f"On a fresh clone, install included ({machine['nproc']} CPU cores, `python benchmarks/wall_times.py`): "
+    return (f"On a fresh clone, install included ({machine['nproc']} CPU cores, `python -m benchmarks.wall_times`): "
             f"{', '.join(times)}.\n")
 
 

@@ -65,7 +65,7 @@ Left out (each image counted once, under the first rule that drops it, in this o
 
 The build is deterministic (sorted walk, fixed PNG settings). Usage::
 
-    python scripts/build_artwork.py [--cache-dir DIR] [--icons-dir DIR] [--size 64] [--no-svg]
+    python -m scripts.build_artwork [--cache-dir DIR] [--icons-dir DIR] [--size 64] [--no-svg]
 """
 
 from __future__ import annotations
@@ -79,7 +79,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import unicodedata
 from collections import Counter
@@ -89,14 +88,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-_SCRIPTS = str(Path(__file__).resolve().parent)
-if _SCRIPTS not in sys.path:
-    sys.path.insert(0, _SCRIPTS)  # debian_packages, build_icons, also when imported by path
-
-import build_icons  # noqa: E402
-import debian_packages  # noqa: E402
-
-from tpsnet_plugin.data.icons import (  # noqa: E402
+from scripts import build_icons, debian_packages
+from tpsnet_plugin.data.icons import (
     IMAGES_DIR,
     MANIFEST,
     MANIFEST_COLUMNS,
@@ -105,8 +98,8 @@ from tpsnet_plugin.data.icons import (  # noqa: E402
     cache_dir,
     load_manifest,
 )
-from tpsnet_plugin.data.icons import default_cache_dir as icons_cache_dir  # noqa: E402
-from tpsnet_plugin.utils.io import file_sha256  # noqa: E402
+from tpsnet_plugin.data.icons import default_cache_dir as icons_cache_dir
+from tpsnet_plugin.utils.io import file_sha256
 
 __all__ = [
     "BROKEN_FILES",
@@ -239,7 +232,7 @@ def default_cache_dir() -> Path:
 def rebuild_command(cache_dir: str | os.PathLike | None = None) -> str:
     """The shell command that (re)builds this corpus into ``cache_dir``."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return f"python scripts/build_artwork.py --cache-dir {cache}"
+    return f"python -m scripts.build_artwork --cache-dir {cache}"
 
 
 # --- captions (pure) ---------------------------------------------------------------------------
@@ -888,7 +881,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"fetched {len(packages)} packages in {fetched - started:.0f} s; "
           f"{len(holdout[1]) // 2} held-out icons", flush=True)
     result = build_corpus(roots, cache, holdout, args.size, svg_renderer=renderer, progress=True)
-    command = f"python scripts/build_artwork.py --cache-dir {cache} --icons-dir {args.icons_dir.expanduser()}"
+    command = f"python -m scripts.build_artwork --cache-dir {cache} --icons-dir {args.icons_dir.expanduser()}"
     if args.size != DEFAULT_SIZE:
         command += f" --size {args.size}"
     if args.no_svg:

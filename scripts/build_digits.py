@@ -17,23 +17,23 @@ a rebuild on a machine with the same packages gives the same bytes.
 
 Usage::
 
-    python scripts/build_digits.py [--out DIR] [--no-mnist-m]
+    python -m scripts.build_digits [--out DIR] [--no-mnist-m]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import re
-import sys
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from scripts import mnist_m
+from scripts.digit_arrays import DEFAULT_OUT, save_arrays
 
 IMAGE_SIZE = 28
 BOX_SIZE = 20  # MNIST convention: the digit fills a 20x20 box centred in 28x28
@@ -42,7 +42,6 @@ CANVAS_SIZE = 160  # room for a FONT_SIZE glyph rotated and stretched
 BBOX_THRESHOLD = 0.1  # a pixel belongs to the digit when above this fraction of the image maximum
 SEED = 0
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "tpsnet_plugin" / "data" / "digits_arrays"
 OPENCV_DIGITS = Path("/usr/share/doc/opencv-doc/examples/data/digits.png")
 DEBIAN_FONTS = Path("/usr/share/fonts")
 
@@ -270,23 +269,6 @@ def build_font_domain(fonts: list[FontSource], renders: int) -> tuple[np.ndarray
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-def save_arrays(path: Path, **arrays: np.ndarray) -> None:
-    """Write named arrays as a compressed ``.npz`` with fixed zip metadata (byte-deterministic).
-
-    Args:
-        path: Output ``.npz`` file.
-        **arrays: The arrays by name (``images``, ``labels``; ``mnist-m`` also stores ``source_index``).
-    """
-    with zipfile.ZipFile(path, "w") as archive:
-        for key, array in arrays.items():
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, buffer.getvalue(), compresslevel=9)
-
-
 def save_domain(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     """Write one domain's ``images`` (uint8 Nx28x28) and ``labels`` (int64 N) with :func:`save_arrays`."""
     save_arrays(path, images=images, labels=labels)
@@ -394,8 +376,8 @@ Install the sources (Debian/Ubuntu), with scikit-learn, matplotlib, Pillow and f
 
 then run
 
-    python scripts/build_digits.py            # writes tpsnet_plugin/data/digits_arrays/
-    python scripts/build_digits.py --out DIR  # elsewhere
+    python -m scripts.build_digits            # writes tpsnet_plugin/data/digits_arrays/
+    python -m scripts.build_digits --out DIR  # elsewhere
 
 The build is deterministic: with the same package versions it reproduces these files byte for
 byte. These files were built with {_versions()}.
@@ -452,9 +434,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"skipped {len(skipped)} font files:\n  " + "\n  ".join(skipped))
     write_provenance(args.out / "PROVENANCE.md", counts, fonts, skipped)
     if not args.no_mnist_m:  # blends the handwritten-mnist just written; adds its PROVENANCE section
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import mnist_m
-
         mnist_m.write_domain(args.out, source=args.out / "handwritten-mnist.npz")
 
 

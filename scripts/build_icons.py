@@ -60,7 +60,7 @@ oxygen share few names, and adwaita (0.35k names) is too small to be a useful te
 
 Usage::
 
-    python scripts/build_icons.py [--cache-dir DIR] [--size 64] [--themes tango moka ...]
+    python -m scripts.build_icons [--cache-dir DIR] [--size 64] [--themes tango moka ...]
                                   [--holdout tango gnome] [--no-svg]
 """
 
@@ -82,13 +82,8 @@ from pathlib import Path
 
 from PIL import Image
 
-_SCRIPTS = str(Path(__file__).resolve().parent)
-if _SCRIPTS not in sys.path:
-    sys.path.insert(0, _SCRIPTS)  # debian_packages, also when this file is imported by path
-
-import debian_packages  # noqa: E402
-
-from tpsnet_plugin.data.icons import (  # noqa: E402
+from scripts import debian_packages
+from tpsnet_plugin.data.icons import (
     IMAGES_DIR,
     MANIFEST,
     MANIFEST_COLUMNS,
@@ -99,7 +94,7 @@ from tpsnet_plugin.data.icons import (  # noqa: E402
     default_cache_dir,
     rebuild_command,
 )
-from tpsnet_plugin.utils.io import file_sha256  # noqa: E402
+from tpsnet_plugin.utils.io import file_sha256
 
 __all__ = [
     "DEFAULT_HOLDOUT",

@@ -3,7 +3,7 @@
 For running the folder recipe (``configs/folder.yaml``, ``--data-root``) on Digits exactly as a
 user's own folders would be read: PNG files, class folders, the folder reader's decoding::
 
-    python scripts/digits_folder.py --out data/digits_folder --domains handwritten-mnist-half mnist-m --per-domain 1500
+    python -m scripts.digits_folder --out data/digits_folder --domains handwritten-mnist-half mnist-m --per-domain 1500
     accelerate launch examples/train_ucdir.py --data-root data/digits_folder --domains handwritten-mnist-half mnist-m
 """
 

@@ -11,7 +11,7 @@ cross-theme kNN also raw pixels (64 x 64 grayscale, cosine).
 
 Prints a table and writes JSON (default ``benchmarks/results/pretrain_clip_icons.json``)::
 
-    python scripts/eval_clip.py --weights runs/icons_clip/model.safetensors
+    python -m scripts.eval_clip --weights runs/icons_clip/model.safetensors
 
 The weights file is read without unpickling anything before open_clip loads it. User errors (a
 damaged file or one holding pickled code, weights of another ``--model``, weights trained on a

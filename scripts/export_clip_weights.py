@@ -3,7 +3,7 @@
 The file goes to ``tpsnet_plugin/text_prior/weights/<model>-<tag>.safetensors``; register it in
 ``PACKAGED_WEIGHTS`` (``tpsnet_plugin/text_prior/packaged_weights.py``) with the printed sha256::
 
-    python scripts/export_clip_weights.py --weights runs/digits_clip/model.safetensors \\
+    python -m scripts.export_clip_weights --weights runs/digits_clip/model.safetensors \\
         --model tpsnet-cnn-clip --tag digits_disjoint
 
 Only safetensors files are read (nothing is unpickled). User errors (a missing, damaged or

@@ -7,14 +7,14 @@ drawing style changes (flat vs glossy, colour, outline). The result is a folder 
 default pair breeze ↔ oxygen served to choose options of ``configs/folder.yaml``; the pair tango ↔
 gnome is held out from every choice::
 
-    python scripts/build_icons.py                      # the icon corpus, once
-    python scripts/icons_ucdir.py --out data/icons_ucdir
+    python -m scripts.build_icons                      # the icon corpus, once
+    python -m scripts.icons_ucdir --out data/icons_ucdir
     accelerate launch examples/train_ucdir.py --data-root data/icons_ucdir --domains breeze oxygen
 
 ``--classes auto`` chooses the classes itself: the first words that name at least
 ``--min-per-class`` (default 5) distinct drawings in EVERY theme given, e.g. the held-out pair::
 
-    python scripts/icons_ucdir.py --out data/icons_tango_gnome --themes tango gnome --classes auto
+    python -m scripts.icons_ucdir --out data/icons_tango_gnome --themes tango gnome --classes auto
 
 With ``auto`` (or ``--unique-drawings``) each drawing is copied once, under one name: icon themes
 draw one file under several names (aliases such as ``gtk-save`` -> ``document-save``, listed in the

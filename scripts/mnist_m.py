@@ -20,7 +20,7 @@ fetches the packages into a cache folder and ``dpkg-deb -x`` unpacks them there 
 
 Usage::
 
-    python scripts/mnist_m.py [--out DIR] [--cache-dir DIR] [--source NPZ]
+    python -m scripts.mnist_m [--out DIR] [--cache-dir DIR] [--source NPZ]
 
 ``scripts/build_digits.py`` calls :func:`write_domain` after its own domains, so a full rebuild
 also rebuilds ``mnist-m`` from the freshly built ``handwritten-mnist``.
@@ -31,17 +31,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts, when imported by path
-
-import debian_packages  # noqa: E402
-from build_digits import DEFAULT_OUT, save_arrays  # noqa: E402
+from scripts import debian_packages
+from scripts.digit_arrays import DEFAULT_OUT, save_arrays
 
 DOMAIN = "mnist-m"
 SOURCE_DOMAIN = "handwritten-mnist"
@@ -254,7 +251,7 @@ package's digits and Debian wallpaper photographs:
 5. Keep the blends of the odd-index digits only (the crops are drawn for all {source_count}, so
    each kept blend is the one the full construction gives that digit).
 
-Seed: {SEED}. Rebuild: `python scripts/mnist_m.py` (or a full `python scripts/build_digits.py`).
+Seed: {SEED}. Rebuild: `python -m scripts.mnist_m` (or a full `python -m scripts.build_digits`).
 
 ### {COMPLEMENT_DOMAIN} (no file)
 The even-index `{SOURCE_DOMAIN}` digits (0, 2, ..., {source_count - 2}; {source_count // 2}),

@@ -36,8 +36,8 @@ Per image:
 
 Example::
 
-    nice -n 10 python scripts/pretrain_clip.py --output-dir runs/icons_clip --steps 6000
-    python scripts/pretrain_clip.py --model tpsnet-cnn-clip --corpus digits_disjoint --output-dir runs/digits_clip
+    nice -n 10 python -m scripts.pretrain_clip --output-dir runs/icons_clip --steps 6000
+    python -m scripts.pretrain_clip --model tpsnet-cnn-clip --corpus digits_disjoint --output-dir runs/digits_clip
 """
 
 from __future__ import annotations

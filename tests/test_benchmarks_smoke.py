@@ -31,7 +31,7 @@ def test_quick_run_writes_json(name, tmp_path):
     # one thread each: on a loaded 2-core machine 2-thread OpenMP barriers can stall tiny ops
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--threads", "1",
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--threads", "1",
          "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )
@@ -66,7 +66,7 @@ def test_quality_digits_runs_variants_in_worker_processes(tmp_path):
             "warmup.batch_size=32", "prompts.epochs=1", "synergy.epochs=1", "synergy.batch_size=40",
             "cluster.nredo=1", "eval.map_at_all=false"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / "benchmarks" / "quality_digits.py"), "--config", "configs/digits.yaml",
+    command = [sys.executable, "-m", "benchmarks.quality_digits", "--config", "configs/digits.yaml",
                "--seeds", "0", "1", "--variants", "raw_pixels", "no_priors", "full", "--jobs", "2", "--threads", "1",
                "--work-dir", str(tmp_path / "runs"), "--out", str(tmp_path), "--set", *tiny]
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -100,7 +100,7 @@ def test_quality_digits_runs_variants_in_worker_processes(tmp_path):
 def test_gpu_only_scripts_explain_themselves_without_cuda(name):
     if __import__("torch").cuda.is_available():
         pytest.skip("a GPU is present: the script would run its full measurement")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py")], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert f"{name}.py needs a CUDA GPU" in proc.stderr
@@ -113,7 +113,7 @@ def test_confusions_digits_matches_the_runs_evaluation(tmp_path, tiny_config):
     summary = TPSNetTrainer(tiny_config(tmp_path, *DIAGNOSED_RUN)).fit()
     out = tmp_path / "confusions.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "confusions_digits.py"), "--run",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.confusions_digits", "--run",
                            str(tmp_path / "run"), "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -125,7 +125,7 @@ def test_confusions_digits_matches_the_runs_evaluation(tmp_path, tiny_config):
         assert row["precision_at_1"] == pytest.approx(100 * (1 - row["errors"] / row["queries"]), abs=1e-6)
         assert sum(c["count"] for c in row["top_confusions"]) <= row["errors"]
         assert all(c["query_class"] != c["retrieved_class"] for c in row["top_confusions"])
-    missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "confusions_digits.py"), "--run",
+    missing = subprocess.run([sys.executable, "-m", "benchmarks.confusions_digits", "--run",
                               str(tmp_path / "nowhere")], cwd=ROOT, env=env, capture_output=True, text=True)
     assert missing.returncode == 1 and "must be the output_dir of a trainer run" in missing.stderr
 
@@ -135,7 +135,7 @@ def test_domainnet_scale_quick_runs_the_whole_pipeline(tmp_path):
     # DomainNet's shape at 1/1000 scale: 6 domains, images decoded from disk (no in-memory cache)
     out, data = tmp_path / "bench_domainnet_scale.json", tmp_path / "data"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench_domainnet_scale.py"), "--quick",
+    command = [sys.executable, "-m", "benchmarks.bench_domainnet_scale", "--quick",
                "--threads", "1", "--data-dir", str(data), "--out", str(out)]
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -166,10 +166,7 @@ def test_frozen_clip_baseline_matches_a_brute_force_ranking_of_the_clip_features
     from tpsnet_plugin.training import TPSNetTrainer, load_config
     from tpsnet_plugin.training.data import images_as_float
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when the script runs: its folder comes first
-    spec = importlib.util.spec_from_file_location("quality_digits", ROOT / "benchmarks" / "quality_digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("benchmarks.quality_digits")
     tiny = ["data.subset_per_domain=60", "model.clip_pretrained=null"]  # the baseline must use icons anyway
     results, zero_shot = module.frozen_clip_baseline(str(ROOT / "configs" / "digits.yaml"), tiny, tmp_path)
 
@@ -211,7 +208,7 @@ def test_embedding_parts_matches_the_run_and_a_direct_computation(tmp_path, tiny
     summary = trainer.fit()
     out = tmp_path / "parts.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "embedding_parts.py"), "--runs", str(run),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.embedding_parts", "--runs", str(run),
                            "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -11,15 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("report_tables", ROOT / "benchmarks" / "report_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.report_tables")
 
 
 def test_every_generated_table_matches_its_json(capsys):
     generator = load_generator()
-    assert generator.main(["--check"]) == 0, capsys.readouterr().out + " (run python benchmarks/report_tables.py)"
+    assert generator.main(["--check"]) == 0, capsys.readouterr().out + " (run python -m benchmarks.report_tables)"
     tables = sum((ROOT / doc).read_text().count("<!-- table: ") for doc in generator.DOCUMENTS
                  if (ROOT / doc).exists())
     assert tables >= 10

@@ -1,10 +1,8 @@
 """Tests for the embedded Digits data set and its build script."""
 
 import importlib.util
-import sys
 import warnings
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,32 +23,18 @@ from tpsnet_plugin.data.digits import (
 from tpsnet_plugin.evaluation import evaluate_domains, raw_pixel_features
 from tpsnet_plugin.training.data import build_dataset
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-BUILD_SCRIPT = SCRIPTS / "build_digits.py"
 RGB_DOMAINS = ("mnist-m",)
 GRAY_DOMAINS = tuple(domain for domain in DOMAINS if domain not in RGB_DOMAINS)
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the script executes
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
-
-
 @pytest.fixture(scope="module")
 def builder():
-    yield from _load_script("build_digits")
+    return importlib.import_module("scripts.build_digits")
 
 
 @pytest.fixture(scope="module")
 def mnist_m_script():
-    yield from _load_script("mnist_m")
+    return importlib.import_module("scripts.mnist_m")
 
 
 @pytest.mark.parametrize("domain", GRAY_DOMAINS)

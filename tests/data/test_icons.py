@@ -8,7 +8,6 @@ import hashlib
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,10 @@ from tpsnet_plugin.data.icons import (
     load_manifest,
 )
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
 
 @pytest.fixture(scope="module")
 def builder():
-    spec = importlib.util.spec_from_file_location("build_icons", SCRIPTS / "build_icons.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script executes
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    return importlib.import_module("scripts.build_icons")
 
 
 def _icon(path: Path, size: int, colour=(200, 30, 30), mode: str = "RGBA", height: int | None = None) -> None:
@@ -245,16 +235,16 @@ def test_manifest_is_sorted_with_the_documented_columns(builder, themes, tmp_pat
 
 def test_partial_build_raises_a_clear_error(builder, themes, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(IncompleteCorpusError, match="build_icons.py --cache-dir"):
+    with pytest.raises(IncompleteCorpusError, match="scripts.build_icons --cache-dir"):
         load_manifest(out)  # nothing built
     builder.build_corpus(themes, out, size=24, holdout=[])  # no marker: interrupted before the end
-    with pytest.raises(IncompleteCorpusError, match=r"interrupted build.*build_icons\.py --cache-dir"):
+    with pytest.raises(IncompleteCorpusError, match=r"interrupted build.*scripts.build_icons --cache-dir"):
         load_manifest(out)
     builder.write_marker(out, builder.build_corpus(themes, out, size=24, holdout=[]), 24, [])
     assert load_manifest(out)
     with open(out / "manifest.csv", "a") as handle:  # manifest changed after the marker
         handle.write("images/x/y.png,x,y,y,48,train,y.png\n")
-    with pytest.raises(IncompleteCorpusError, match=f"sha256.*build_icons.py --cache-dir {out}"):
+    with pytest.raises(IncompleteCorpusError, match=f"sha256.*scripts.build_icons --cache-dir {out}"):
         load_manifest(out)
     builder.write_marker(out, builder.build_corpus(themes, out, size=24, holdout=[]), 24, [])
     shutil.rmtree(out / "images" / "gamma")
@@ -318,15 +308,11 @@ def test_provenance_lists_packages_counts_and_holdout(builder, themes, tmp_path)
     assert "| alpha | `alpha-icon-theme` | 1.0-1 | GPL-3+ | png | 4 | 3 | train |" in text
     assert "| beta | `beta-icon-theme` | 1.0-1 | GPL-3+ | png | 2 | 2 | holdout |" in text
     assert "Holdout (whole themes, split `holdout` in the manifest): beta" in text
-    assert f"build_icons.py --cache-dir {out}" in text
+    assert f"scripts.build_icons --cache-dir {out}" in text
 
 
 def test_package_licence_reads_the_first_license_line(tmp_path):
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import debian_packages
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    from scripts import debian_packages
     doc = tmp_path / "usr" / "share" / "doc" / "pkg"
     doc.mkdir(parents=True)
     (doc / "copyright").write_text("Format: x\n\nFiles: *\nCopyright: me\nLicense: GPL-3+\n\n"

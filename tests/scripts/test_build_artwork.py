@@ -175,7 +175,7 @@ def test_build_on_fake_packages_writes_a_corpus_load_manifest_accepts(artwork, i
     assert "near-duplicate of a holdout icon | 2 | 0 |" in provenance
     assert result.closest_kept[1].startswith("tango/folder") and result.closest_kept[2] < 0.97
     assert f"Closest image kept: `{result.closest_kept[0]}` ~ `{result.closest_kept[1]}`" in provenance
-    assert "python scripts/build_artwork.py --cache-dir" in provenance
+    assert "python -m scripts.build_artwork --cache-dir" in provenance
 
     again = artwork.build_corpus({"openclipart": oc, "tuxpaint": tp}, tmp_path / "again", holdout, size=32)
     assert again.manifest_sha256 == result.manifest_sha256  # deterministic

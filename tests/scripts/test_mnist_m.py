@@ -1,7 +1,6 @@
 """Tests for scripts/mnist_m.py: the MNIST-M style blend, its photo list and provenance section."""
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +11,12 @@ import tpsnet_plugin  # noqa: F401  (applies the torchvision import fix first)
 from tpsnet_plugin.data.digits import MNIST_INSTANCES, instance_indices, load_domain
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "mnist_m.py"
 PROVENANCE = ROOT / "tpsnet_plugin" / "data" / "digits_arrays" / "PROVENANCE.md"
 
 
 @pytest.fixture(scope="module")
 def mnist_m():
-    spec = importlib.util.spec_from_file_location("mnist_m", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    return importlib.import_module("scripts.mnist_m")
 
 
 def _photo(path, size, colour=None, seed=0):

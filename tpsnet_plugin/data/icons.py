@@ -66,7 +66,7 @@ def default_cache_dir() -> Path:
 def rebuild_command(cache_dir: str | os.PathLike | None = None) -> str:
     """The shell command that (re)builds the corpus into ``cache_dir``."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return f"python scripts/build_icons.py --cache-dir {cache}"
+    return f"python -m scripts.build_icons --cache-dir {cache}"
 
 
 def caption_from_name(name: str) -> str:

@@ -45,6 +45,12 @@ def stop_requested() -> str | None:
     return _stop_reason
 
 
+def raise_if_stopped() -> None:
+    """Raise :class:`TrainingInterrupted` when a stop signal arrived (also when its first raise was lost)."""
+    if _stop_reason is not None:
+        raise TrainingInterrupted(_stop_reason)
+
+
 def run_artifacts(output_dir: Path) -> list[Path]:
     """The files and folders of a previous run found in ``output_dir``."""
     output_dir = Path(output_dir)
@@ -194,6 +200,16 @@ def stop_on_signals() -> None:
         raise TrainingInterrupted(_stop_reason)
 
     signal.signal(signal.SIGTERM, interrupt)
+    # A signal that lands in a finalizer or an at-fork callback (DataLoader workers start by fork) raises
+    # where Python only prints "Exception ignored": drop that print; the run stops at its next step
+    # (raise_if_stopped), with the one-line message.
+    previous_hook = sys.unraisablehook
+
+    def quiet_stop(unraisable):
+        if not isinstance(unraisable.exc_value, TrainingInterrupted):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = quiet_stop
     if not _launched_by_accelerate():
         return
     parent = os.getppid()

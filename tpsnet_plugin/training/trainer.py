@@ -40,6 +40,7 @@ from .run_dir import (
     TrainingInterrupted,
     check_output_dir,
     check_output_dir_outside,
+    raise_if_stopped,
     remove_run_artifacts,
     stop_requested,
     write_run_marker,
@@ -246,8 +247,11 @@ class TPSNetTrainer:
         return tuple(self.augment(images).contiguous(memory_format=self.memory_format) for _ in range(2))
 
     def progress(self, iterable, desc: str):
-        """A progress bar on a terminal, one line per loop in a log; main process only."""
-        return progress(iterable, desc, enabled=self.accelerator.is_local_main_process)
+        """A progress bar on a terminal, one line per loop in a log (main process only); every step
+        first checks for a stop signal."""
+        for item in progress(iterable, desc, enabled=self.accelerator.is_local_main_process):
+            raise_if_stopped()
+            yield item
 
     # ------------------------------------------------------------------ embedding and evaluation
     def embed(self, synergy: bool = True, encoder=None, desc: str = "embedding") -> torch.Tensor:
