@@ -23,7 +23,7 @@ import yaml
 
 from .errors import TPSNetError
 from .training import TPSNetTrainer, load_config
-from .training.config import ConfigError, read_config_file
+from .training.config import ConfigError, read_composed_config
 from .training.run_dir import TrainingInterrupted, stop_on_signals
 from .utils.cli import positive_int, report_user_error
 
@@ -33,8 +33,8 @@ FOLDER_RECIPE = "folder"  # any folder dataset (--data-root without --config)
 
 
 def recipes() -> list[str]:
-    """Names of the packaged recipes (``--config NAME``)."""
-    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+    """Names of the packaged recipes (``--config NAME``); bases other recipes start from (``_*.yaml``) aside."""
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml") if not path.stem.startswith("_"))
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
@@ -106,7 +106,7 @@ def where_set(option: str, args: argparse.Namespace) -> str:
     try:
         path = config_path(args)
         section, _, key = option.partition(".")
-        in_file = key in (read_config_file(path).get(section) or {})
+        in_file = key in (read_composed_config(path).get(section) or {})
     except (OSError, ValueError):
         return "the config"
     if not in_file:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tpsnet_plugin.training.config import default_config, load_config, parse_override
+from tpsnet_plugin.training.config import default_config, flatten_config, load_config, parse_override
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -251,3 +251,32 @@ def test_image_size_auto_or_pixels():
     for bad in ("big", "4", "12.5"):
         with pytest.raises(ValueError, match=r"'data.image_size' expects an image side in pixels >= 8, or \"auto\""):
             load_config(overrides=[f"data.image_size={bad}"])
+
+
+def test_a_config_file_builds_on_a_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("synergy:\n  epochs: 7\n  lr_head: 0.01\nmodel:\n  rgb_kwargs: {widths: [8]}\n")
+    (tmp_path / "run.yaml").write_text("base: base.yaml\nsynergy:\n  epochs: 9\nmodel:\n  rgb_kwargs: {depth: 2}\n")
+    config = load_config(tmp_path / "run.yaml")
+    assert config["synergy"]["epochs"] == 9 and config["synergy"]["lr_head"] == 0.01  # key by key
+    assert config["model"]["rgb_kwargs"] == {"depth": 2}  # a free-form mapping whole
+    assert "base" not in config
+
+
+def test_the_paper_recipes_share_one_base_and_differ_only_in_their_data(repo):
+    configs = {name: load_config(repo / "tpsnet_plugin" / "configs" / f"{name}.yaml")
+               for name in ("office_home", "office31", "domainnet")}
+    flat = {name: flatten_config(config) for name, config in configs.items()}
+    differing = {key for key in flat["office_home"] if len({repr(f[key]) for f in flat.values()}) > 1}
+    assert differing == {"output_dir", "data.domains", "data.layout", "data.classes", "data.num_clusters", "eval.ks"}
+    assert configs["office_home"]["model"]["clip_pretrained"] == "openai"  # from _paper.yaml
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("base: missing.yaml\n", "starts from base 'missing.yaml', but .* does not exist"),
+    ("base: [a]\n", "`base` must name the YAML file"),
+    ("base: loop.yaml\n", "is its own base"),
+])
+def test_a_bad_base_is_named(tmp_path, content, message):
+    (tmp_path / "loop.yaml").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_config(tmp_path / "loop.yaml")

@@ -229,13 +229,49 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return dict(data)
 
 
+def config_layers(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    """A config file and the files it builds on, base first.
+
+    A file may start from another with ``base: <file>`` (a path relative to the file, e.g.
+    ``base: paper.yaml``): the base is read first and the file's own keys override it, key by
+    key (free-form mappings whole). Bases can themselves have a base.
+
+    Raises:
+        ConfigError: A base that is missing, not a string, or that leads back to the file.
+    """
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"Config file {path} is its own base (through {' -> '.join(p.name for p in _seen)}): "
+                          "remove the circle of `base:` keys")
+    data = read_config_file(path)
+    base = data.pop("base", None)
+    if base is None:
+        return [data]
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"Config file {path}: `base` must name the YAML file it starts from; got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"Config file {path} starts from base {base!r}, but {base_path} does not exist")
+    return [*config_layers(base_path, (*_seen, path.resolve())), data]
+
+
+def read_composed_config(path: str | Path) -> dict[str, Any]:
+    """A config file with its bases merged in, as the options it states (not yet over the defaults)."""
+    composed: dict[str, Any] = {}
+    for layer in config_layers(path):
+        for key_path, value in _flat_items(layer):
+            _set_path(composed, key_path, value)
+    return composed
+
+
 def load_config(
     path: str | Path | None = None, overrides: Iterable[str] = (), **sections: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Build a full config: defaults, then the YAML file at ``path``, then ``sections``, then ``overrides``.
 
     Args:
-        path: A YAML config file (e.g. ``configs/office_home.yaml``); None = defaults only.
+        path: A YAML config file (e.g. ``configs/office_home.yaml``), with its ``base`` files; None =
+            defaults only.
         overrides: ``section.key=value`` strings (the CLI's ``--set``).
         **sections: Extra nested overrides, e.g. ``data={"root": "/data/OfficeHome"}``.
 
@@ -244,7 +280,8 @@ def load_config(
     """
     config = default_config()
     if path is not None:
-        config = merge_config(config, read_config_file(path))
+        for layer in config_layers(path):  # the base first, each overlay on top
+            config = merge_config(config, layer)
     config = merge_config(config, sections)
     for assignment in overrides:
         config = merge_config(config, parse_override(assignment))
