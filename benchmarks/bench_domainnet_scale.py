@@ -31,6 +31,7 @@ Run: ``HF_HUB_OFFLINE=1 python -m benchmarks.bench_domainnet_scale --device cuda
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -271,14 +272,14 @@ def run(args) -> dict:
         timers: list[TimedIterable] = []
         progress = trainer.progress
 
-        def timed_progress(iterable, desc):
-            timers.append(TimedIterable(iterable, device))
+        def timed_progress(iterable, desc):  # the epoch's first shape["steps"] batches, timed
+            timers.append(TimedIterable(itertools.islice(iterable, shape["steps"]), device))
             return progress(timers[-1], desc)
 
         trainer.progress = timed_progress
         _reset_peak(device)
         with UtilisationSampler(device) as utilisation:
-            stage.train_epoch(trainer, stage.sampler(trainer), max_steps=shape["steps"])
+            stage.train_epoch(trainer, stage.sampler(trainer))
         trainer.progress = progress
         timer = timers[-1]
         warm = max(1, len(timer.step_s) // 5)  # drop the first steps (allocator, cuDNN autotuning)

@@ -40,14 +40,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def stage1_steps(learner, features, domains, labels, batch_size: int, lr: float,
                  max_steps: int | None = None) -> tuple[list[float], float]:
-    """``PromptStage.train_epoch`` over one epoch (or its first ``max_steps``); (losses, seconds)."""
+    """``PromptStage.train_epoch`` over one epoch, or over the first ``max_steps`` batches of the images
+    (fewer images, the same step); (losses, seconds)."""
+    if max_steps is not None:
+        features, domains, labels = (t[:max_steps * batch_size] for t in (features, domains, labels))
     stage = PromptStage(epochs=1, batch_size=batch_size, lr=lr, repair_every=0, repair_threshold=1.0)
     loss_fn = PromptContrastiveLoss(logit_scale=learner.logit_scale)
     optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=lr)
     combined = encode_domain_labels(domains, labels, learner.num_clusters)
     t0 = time.perf_counter()
-    losses = stage.train_epoch(learner, loss_fn, optimizer, features, combined,
-                               torch.Generator().manual_seed(0), max_steps=max_steps)
+    losses = stage.train_epoch(learner, loss_fn, optimizer, features, combined, torch.Generator().manual_seed(0))
     return losses, time.perf_counter() - t0
 
 

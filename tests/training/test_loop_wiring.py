@@ -93,7 +93,7 @@ def test_consecutive_synergy_epochs_draw_different_batches(clustered, monkeypatc
     for epoch in (0, 1):
         trainer.state.epoch = epoch
         batches.clear()
-        stage.train_epoch(trainer, sampler, max_steps=2)
+        stage.train_epoch(trainer, sampler)
         epochs.append([list(b) for b in batches])
     trainer.state.epoch = 0
     assert epochs[0] != epochs[1]

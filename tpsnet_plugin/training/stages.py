@@ -195,9 +195,8 @@ class PromptStage(Stage):
 
     def train_epoch(
         self, learner, loss_fn, optimizer, clip_features, combined, generator, check_finite=None,
-        max_steps: int | None = None,
     ) -> list[float]:
-        """One epoch of prompt learning over shuffled batches (or its first ``max_steps``); the loss of each step.
+        """One epoch of prompt learning over shuffled batches; the loss of each step.
 
         Args:
             learner: The ``DomainPromptLearner``.
@@ -207,14 +206,11 @@ class PromptStage(Stage):
             combined: Combined ``domain * C + cluster`` label per image.
             generator: CPU generator of the shuffling.
             check_finite: Optional ``f(terms, step)`` that raises on a non-finite loss.
-            max_steps: Stop after this many steps (None: the whole epoch).
         """
         all_prompts = torch.arange(learner.num_domains * learner.num_clusters, device=clip_features.device)
         order = torch.randperm(len(combined), generator=generator).to(clip_features.device)
         losses = []
         for step, start in enumerate(range(0, len(order), self.batch_size)):
-            if max_steps is not None and step == max_steps:
-                break
             batch = order[start:start + self.batch_size]
             text = learner().reshape(-1, learner.embed_dim)
             loss = loss_fn(clip_features[batch], combined[batch], ref_emb=text, ref_labels=all_prompts)
@@ -295,9 +291,8 @@ class SynergyStage(Stage):
             num_replicas=trainer.accelerator.num_processes, rank=trainer.accelerator.process_index,
         )
 
-    def train_epoch(self, trainer: StageContext, sampler: PseudoLabelSampler,
-                    max_steps: int | None = None) -> dict[str, float]:
-        """One epoch (or its first ``max_steps`` steps); returns the mean of each loss term."""
+    def train_epoch(self, trainer: StageContext, sampler: PseudoLabelSampler) -> dict[str, float]:
+        """One epoch; returns the mean of each loss term."""
         acc = trainer.accelerator
         sampler.set_labels(trainer.state.labels.numpy())
         sampler.set_epoch(trainer.state.epoch)
@@ -307,8 +302,6 @@ class SynergyStage(Stage):
         steps = 0
         batches = trainer.progress(loader, f"synergy epoch {trainer.state.epoch + 1}/{self.epochs}")
         for step, (images, domains, index) in enumerate(batches):
-            if max_steps is not None and step == max_steps:
-                break
             with acc.accumulate(trainer.stage_model):
                 terms = self.compute_losses(trainer, images, domains.to(trainer.device), index)
                 trainer.check_finite(terms, step)
