@@ -102,7 +102,7 @@ def frozen_clip_baseline(config_path: str, extra: list[str], out: Path) -> tuple
     import torch.nn.functional as F
     from open_clip import get_tokenizer
 
-    from tpsnet_plugin.text_prior.icons_clip import encode_captions, zero_shot_accuracy
+    from scripts.icons_clip import encode_captions, zero_shot_accuracy
 
     # last: the study's extra overrides must not swap the CLIP measured here
     overrides = [*extra, "eval.plots=false", "accelerate.log_with=none", "model.text_prior=true",

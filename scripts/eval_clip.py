@@ -36,16 +36,16 @@ import tpsnet_plugin  # noqa: F401  (registers tpsnet-tiny-clip)
 # isort: split
 import open_clip
 
-from tpsnet_plugin.data.icons import TEMPLATES, IncompleteCorpusError, default_cache_dir, load_manifest
-from tpsnet_plugin.text_prior import TINY_CLIP_MODEL
-from tpsnet_plugin.text_prior.domain_prompt_learner import create_frozen_clip
-from tpsnet_plugin.text_prior.icons_clip import (
+from scripts.icons_clip import (
     cross_theme_knn,
     encode_captions,
     encode_images,
     load_images,
     zero_shot_accuracy,
 )
+from tpsnet_plugin.data.icons import TEMPLATES, IncompleteCorpusError, default_cache_dir, load_manifest
+from tpsnet_plugin.text_prior import TINY_CLIP_MODEL
+from tpsnet_plugin.text_prior.domain_prompt_learner import create_frozen_clip
 from tpsnet_plugin.text_prior.packaged_weights import PackagedWeightsError
 from tpsnet_plugin.training.checkpoint import CheckpointError, check_weights_file
 

@@ -63,12 +63,12 @@ import tpsnet_plugin  # noqa: F401  (registers tpsnet-tiny-clip)
 import open_clip
 from open_clip.loss import ClipLoss
 
+from scripts.icons_clip import load_images
 from tpsnet_plugin.data.digits import CLASSES as DIGIT_CLASSES
 from tpsnet_plugin.data.digits import DigitsDomain
 from tpsnet_plugin.data.icons import TEMPLATES, IncompleteCorpusError, cache_dir, default_cache_dir, load_manifest
 from tpsnet_plugin.text_prior import TINY_CLIP_MODEL
 from tpsnet_plugin.text_prior.domain_prompt_learner import clip_preprocess
-from tpsnet_plugin.text_prior.icons_clip import load_images
 from tpsnet_plugin.text_prior.packaged_weights import PackagedWeightsError
 from tpsnet_plugin.training.checkpoint import META, CheckpointError, check_weights_file, read_checkpoint_meta
 from tpsnet_plugin.utils.cli import positive_int

@@ -162,7 +162,7 @@ def test_frozen_clip_baseline_matches_a_brute_force_ranking_of_the_clip_features
     import torch
     import torch.nn.functional as F
 
-    from tpsnet_plugin.text_prior.icons_clip import encode_captions
+    from scripts.icons_clip import encode_captions
     from tpsnet_plugin.training import TPSNetTrainer, load_config
     from tpsnet_plugin.training.data import images_as_float
 

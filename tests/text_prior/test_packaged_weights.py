@@ -18,13 +18,13 @@ import tpsnet_plugin  # noqa: E402,F401
 # isort: split
 import open_clip  # noqa: E402
 
-from tpsnet_plugin.text_prior import DomainPromptLearner, packaged_weights  # noqa: E402
-from tpsnet_plugin.text_prior.icons_clip import (  # noqa: E402
+from scripts.icons_clip import (  # noqa: E402
     encode_captions,
     encode_images,
     load_images,
     zero_shot_accuracy,
 )
+from tpsnet_plugin.text_prior import DomainPromptLearner, packaged_weights  # noqa: E402
 from tpsnet_plugin.text_prior.packaged_weights import PACKAGED_WEIGHTS, PackagedWeightsError  # noqa: E402
 
 PACKAGED = [(model, tag) for model, tags in PACKAGED_WEIGHTS.items() for tag in tags]

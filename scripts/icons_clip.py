@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.icons import TEMPLATES
-from .domain_prompt_learner import encode_clip_images
+from tpsnet_plugin.data.icons import TEMPLATES
+from tpsnet_plugin.text_prior.domain_prompt_learner import encode_clip_images
 
 __all__ = [
     "load_images",
