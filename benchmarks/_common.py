@@ -27,6 +27,12 @@ from typing import Any
 import psutil
 
 RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def result_file(name: str) -> Path:
+    """A result JSON by name: in ``benchmarks/results/``, or archived in its ``archive/`` folder."""
+    path = RESULTS_DIR / f"{name}.json"
+    return path if path.exists() else RESULTS_DIR / "archive" / f"{name}.json"
 MIB = 2**20
 # The load before this benchmark started (imported first thing by every benchmark): other work on the
 # machine, which skews timings and ratios.

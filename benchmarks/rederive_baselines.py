@@ -20,7 +20,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmarks._common import RESULTS_DIR, write_json
+from benchmarks._common import RESULTS_DIR, result_file, write_json
 from benchmarks.quality_digits import frozen_clip_baseline
 from tpsnet_plugin.evaluation import mean_metrics
 from tpsnet_plugin.training import TPSNetTrainer, load_config
@@ -44,14 +44,8 @@ QUIET = ["model.text_prior=false", "eval.plots=false", "accelerate.log_with=none
          "model.compile=off"]
 
 
-def study_file(study: str) -> Path:
-    """A study's JSON: in ``benchmarks/results/``, or archived in its ``archive/`` folder."""
-    path = RESULTS_DIR / f"{study}.json"
-    return path if path.exists() else RESULTS_DIR / "archive" / f"{study}.json"
-
-
 def rederive(study: str, work: Path, cache: dict[str, dict]) -> dict:
-    record = json.loads(study_file(study).read_text())
+    record = json.loads(result_file(study).read_text())
     if study in UNAVAILABLE:
         return {"unavailable": UNAVAILABLE[study]}
     config = load_config(record["config"], [*record["extra"], *QUIET], output_dir=str(work / study))

@@ -27,8 +27,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from benchmarks._common import result_file
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENTS = ("README.md", "docs/results.md", "docs/benchmarks.md", "docs/studies/2026-12-recipe-history.md")
 MARKER = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 STARTING_POINTS = {"raw_pixels": "raw pixels", "frozen_start": "frozen start (CLIP image tower)",
@@ -53,9 +54,8 @@ SUMMARY = (
 
 
 def load(name: str) -> dict:
-    """A result JSON by name: in ``benchmarks/results/``, or archived in its ``archive/`` folder."""
-    path = RESULTS / f"{name}.json"
-    return json.loads((path if path.exists() else RESULTS / "archive" / f"{name}.json").read_text())
+    """A result JSON by name (current or archived)."""
+    return json.loads(result_file(name).read_text())
 
 
 def last_epoch_p1(curve: list[dict]) -> float:

@@ -7,6 +7,9 @@ built-in type keeps working.
 
 from __future__ import annotations
 
+import os
+import pickle
+import pickletools
 import re
 
 
@@ -51,11 +54,34 @@ class WeightsDownloadError(TPSNetError, RuntimeError):
     """Pretrained weights named by a tag could not be fetched (no network, or offline mode)."""
 
 
-def describe_unsafe_pickle(error: BaseException) -> str | None:
-    """The Python global a refused pickle asked for (e.g. ``posix.system``), from torch's
-    ``weights_only`` refusal; None for any other error (a damaged file)."""
+def describe_unsafe_pickle(error: BaseException, path: str | os.PathLike | None = None) -> str | None:
+    """The Python global a refused pickle asks for (e.g. ``posix.system``), or None for any other
+    error (a damaged file).
+
+    Read from torch's ``weights_only`` refusal, else (torch names no global for pickle protocol 4)
+    from the opcodes of the plain pickle at ``path``; nothing in the file runs.
+    """
     found = re.search(r"(?:GLOBAL |Unsupported globals?: )([\w.]*\w)", str(error))
-    return found.group(1) if found else None
+    if found:
+        return found.group(1)
+    return _pickled_global(path) if path is not None and isinstance(error, pickle.UnpicklingError) else None
+
+
+def _pickled_global(path: str | os.PathLike) -> str | None:
+    """The first Python global a plain pickle file names, read from its opcodes; else None."""
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as file:
+            for opcode, argument, _ in pickletools.genops(file):
+                if opcode.name == "GLOBAL":
+                    return str(argument).replace(" ", ".")
+                if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    return f"{strings[-2]}.{strings[-1]}"
+                if isinstance(argument, str):
+                    strings.append(argument)
+    except Exception:  # noqa: BLE001 - not a readable plain pickle (a zip checkpoint, damaged): no global
+        return None
+    return None
 
 
 def first_line(error: BaseException) -> str:

@@ -81,7 +81,11 @@ def config_path(args: argparse.Namespace) -> Path:
 
 def main(argv=None) -> dict:
     """Build the config from the command line and train; returns the run's summary."""
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train as the parsed command line asks; returns the run's summary (``{}`` for ``--list-configs``)."""
     if args.list_configs:
         print("\n".join(recipes()))
         return {}
@@ -123,7 +127,7 @@ def cli(argv=None, prog: str = "tpsnet-train") -> int:
     stop_on_signals()
     args = parse_args(argv)
     try:
-        main(argv)
+        run(args)
     except KeyboardInterrupt as stop:  # TrainingInterrupted: its message says what is kept and how to go on
         reason = str(stop) if isinstance(stop, TrainingInterrupted) else "interrupted"
         if "--output-dir" not in reason:  # not from a run's fit: stopped while setting up

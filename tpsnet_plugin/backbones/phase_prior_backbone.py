@@ -58,7 +58,7 @@ def _create_timm_model(
             f"timm.create_model({name!r}, num_classes=0))."
         ) from error
     except (RuntimeError, pickle.UnpicklingError) as error:
-        code = describe_unsafe_pickle(error) if checkpoint_path is not None else None
+        code = describe_unsafe_pickle(error, checkpoint_path) if checkpoint_path is not None else None
         if code is not None:
             raise WeightsFileError(
                 f"{argument}: checkpoint_path {checkpoint_path!r} holds pickled code ({code}), not plain weights: it "

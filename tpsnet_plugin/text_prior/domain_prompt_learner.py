@@ -315,7 +315,7 @@ def create_frozen_clip(
         )
     except (pickle.UnpicklingError, SafetensorError, EOFError) as error:
         # a damaged, truncated or pickled-code file: never unpickled, named with the fix
-        code = describe_unsafe_pickle(error)
+        code = describe_unsafe_pickle(error, pretrained if pretrained and os.path.isfile(pretrained) else None)
         if code is not None:
             raise WeightsFileError(
                 f"the CLIP weights file '{pretrained}' holds pickled code ({code}), not plain weights: it was not "

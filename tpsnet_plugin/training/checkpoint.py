@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import copy
 import errno
+import functools
 import json
 import os
 import pickle
-import pickletools
 import shutil
 import warnings
 from collections.abc import Callable, Mapping
@@ -241,7 +241,7 @@ def check_weights_file(path, fix: str) -> None:
     except FileNotFoundError:
         what = "missing"
     except pickle.UnpicklingError as error:
-        code = describe_unsafe_pickle(error) or _pickled_global(path)
+        code = describe_unsafe_pickle(error, path)
         if code is not None:  # the weights-only unpickler met a reference to Python code before running anything
             raise CheckpointError(f"{path} holds pickled Python code ({code}), not plain weights: it was not "
                                   f"loaded (nothing is unpickled); {fix}") from None
@@ -250,23 +250,6 @@ def check_weights_file(path, fix: str) -> None:
         first = (str(error).strip().splitlines() or [""])[0][:160]
         what = f"damaged or truncated ({type(error).__name__}: {first})"
     raise CheckpointError(f"{path} is {what}; {fix}")
-
-
-def _pickled_global(path: Path) -> str | None:
-    """The first Python global a plain pickle file names, read from its opcodes (nothing runs); else None."""
-    strings: list[str] = []
-    try:
-        with open(path, "rb") as file:
-            for opcode, argument, _ in pickletools.genops(file):
-                if opcode.name == "GLOBAL":
-                    return str(argument).replace(" ", ".")
-                if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    return f"{strings[-2]}.{strings[-1]}"
-                if isinstance(argument, str):
-                    strings.append(argument)
-    except Exception:  # noqa: BLE001 - not a readable pickle: damaged, which the caller reports
-        return None
-    return None
 
 
 def load_checkpoint(accelerator: Accelerator, folder: Path) -> dict[str, Any]:
@@ -306,12 +289,18 @@ class RunCheckpoints:
         accelerator: The run's accelerator (every process saves and loads its part).
         folder: ``<output_dir>/checkpoints``.
         config: The run's resolved config (saved with every checkpoint, compared on resume).
-        fingerprint: The dataset's :func:`~tpsnet_plugin.training.data.dataset_fingerprint`.
+        fingerprint: Computes the dataset's :func:`~tpsnet_plugin.training.data.dataset_fingerprint`
+            (it reads every image file's ends: done once, when a checkpoint is first saved or loaded).
     """
 
     def __init__(self, accelerator: Accelerator, folder: Path, config: Mapping[str, Any],
-                 fingerprint: Mapping[str, Any]) -> None:
-        self.accelerator, self.folder, self.config, self.fingerprint = accelerator, Path(folder), config, fingerprint
+                 fingerprint: Callable[[], Mapping[str, Any]]) -> None:
+        self.accelerator, self.folder, self.config = accelerator, Path(folder), config
+        self._compute_fingerprint = fingerprint
+
+    @functools.cached_property
+    def fingerprint(self) -> Mapping[str, Any]:
+        return self._compute_fingerprint()
 
     def save(self, tag: str, stage: str, epoch: int) -> Path:
         """Write a resumable checkpoint named ``tag`` (atomic)."""

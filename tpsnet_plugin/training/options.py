@@ -8,6 +8,7 @@ A section is a dict of options (and sub-sections); its help is :data:`SECTION_HE
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,12 +243,8 @@ def iter_options(section: Mapping[str, Any] = OPTIONS, prefix: str = "") -> Iter
 
 def defaults(section: Mapping[str, Any] = OPTIONS) -> dict[str, Any]:
     """The nested default config (fresh copies of mutable defaults)."""
-    return {key: (_copy(value.default) if isinstance(value, Option) else defaults(value))
+    return {key: (copy.deepcopy(value.default) if isinstance(value, Option) else defaults(value))
             for key, value in section.items()}
-
-
-def _copy(value: Any) -> Any:
-    return yaml.safe_load(yaml.safe_dump(value)) if isinstance(value, (list, dict)) else value
 
 
 def resume_safe_paths() -> tuple[str, ...]:

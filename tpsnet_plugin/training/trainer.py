@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ class TPSNetTrainer:
         for warning in self.setup_warnings:
             warnings.warn(warning, stacklevel=2)
         self.checkpoints = RunCheckpoints(self.accelerator, self.checkpoint_dir, cfg,
-                                          dataset_fingerprint(self.dataset))
+                                          partial(dataset_fingerprint, self.dataset))
         self._epoch_embeddings: tuple[tuple[str, int], torch.Tensor] | None = None
         self.embedder = Embedder(self.accelerator, self.stage_model, self.train_dataset(),
                                  int(cfg["eval"]["batch_size"]), self.num_workers, self.memory_format, self.progress)
