@@ -25,6 +25,7 @@ from tpsnet_plugin.evaluation import UCDIRAccuracyCalculator
 from tpsnet_plugin.losses import ImageTextCrossEntropyLoss
 from tpsnet_plugin.miners import DomainPromptMiner
 from tpsnet_plugin.samplers import PseudoLabelSampler
+from tpsnet_plugin.text_prior import PromptFeatures
 from tpsnet_plugin.utils import encode_domain_labels
 
 
@@ -56,11 +57,11 @@ def main(argv=None) -> dict[str, float]:
 
     # Stand-in text prior: one fixed random direction per (domain, cluster). With a trained
     # DomainPromptLearner these would be its prompt features.
-    text_features = F.normalize(torch.randn(len(args.domains), num_clusters, 64), dim=-1)
-    miner = DomainPromptMiner(num_clusters, text_features=text_features, threshold=0.9)
+    # One holder, read by the miner and the loss (a TPSNet model shares its own: model.prompt_features).
+    prompts = PromptFeatures(F.normalize(torch.randn(len(args.domains), num_clusters, 64), dim=-1))
+    miner = DomainPromptMiner(num_clusters, threshold=0.9, prompt_features=prompts)
     pair_loss = NTXentLoss(temperature=0.1)
-    text_loss = ImageTextCrossEntropyLoss(num_clusters, logit_scale=10.0)
-    text_loss.set_text_features(text_features)
+    text_loss = ImageTextCrossEntropyLoss(num_clusters, logit_scale=10.0, prompt_features=prompts)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     sampler = PseudoLabelSampler(clusters.numpy(), domains.numpy(), batch_size=64, m=4, seed=args.seed)

@@ -305,7 +305,7 @@ def _other_model_weights(run, **changes) -> None:
 
 @pytest.mark.parametrize("changes, detail", [
     ({"model": {"rgb_kwargs": {"widths": [8, 16, 16, 64]}}}, "tensor shapes differ"),
-    ({"embed_dim": 32}, r"text_features is \[2, 10, 32\] in the file"),
+    ({"embed_dim": 32}, r"shapes differ \(first: backbone.rgb_proj.weight is \[32, 32\] in the file, \[64, 32\]"),
     ({"model": {"phase_prior": False}}, "tensors missing"),
 ])
 def test_weights_of_another_architecture_are_one_clear_error(run_copy, gallery, capsys, changes, detail):

@@ -64,7 +64,24 @@ def test_text_features_are_frozen_and_not_in_state_dict():
     loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS)
     loss.set_text_features(text)
     assert not loss.text_features.requires_grad
-    assert "text_features" not in loss.state_dict()
+    assert loss.state_dict() == {} and not list(loss.buffers())  # the model saves them, not the loss
+
+
+def test_a_shared_holder_gives_the_loss_what_the_model_holds():
+    from tpsnet_plugin.text_prior import PromptFeatures
+
+    embeddings, labels, text = make_case(2)
+    shared = PromptFeatures()
+    loss = ImageTextCrossEntropyLoss(NUM_CLUSTERS, prompt_features=shared)
+    with pytest.raises(RuntimeError, match="set_text_features"):
+        loss(embeddings, labels)
+    shared.set(text.float())  # what set_text_features stores
+    own = ImageTextCrossEntropyLoss(NUM_CLUSTERS)
+    own.set_text_features(text)
+    assert torch.equal(loss(embeddings, labels), own(embeddings, labels))
+    shared.set(text[:, :3].float())
+    with pytest.raises(ValueError, match=f"num_clusters={NUM_CLUSTERS}"):
+        loss(embeddings, labels)
 
 
 def test_clear_errors():

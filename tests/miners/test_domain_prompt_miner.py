@@ -7,6 +7,7 @@ from pytorch_metric_learning import losses
 
 import tpsnet_plugin  # noqa: F401
 from tpsnet_plugin.miners import DomainPromptMiner
+from tpsnet_plugin.text_prior import PromptFeatures
 from tpsnet_plugin.utils import encode_domain_labels
 
 
@@ -125,11 +126,18 @@ def test_threshold_and_set_text_features():
         d, torch.tensor(softmax_refine(emb, d, c, text, 0.4, 5.0)), 3).tolist()
 
 
-def test_text_features_are_a_non_persistent_buffer():
+def test_text_features_are_read_from_a_holder_outside_the_state_dict():
     miner = DomainPromptMiner(num_clusters=3, text_features=torch.randn(2, 3, 5))
-    assert "text_features" in dict(miner.named_buffers())
-    assert "text_features" not in miner.state_dict()
-    assert miner.to(torch.float64).text_features.dtype == torch.float64
+    assert miner.state_dict() == {} and not list(miner.buffers())  # the model saves them, not the miner
+    shared = PromptFeatures()
+    reader = DomainPromptMiner(num_clusters=3, threshold=0.0, prompt_features=shared)
+    labels = torch.tensor([0, 1, 2, 3])
+    embeddings = torch.randn(4, 5)
+    assert torch.equal(reader.refine(embeddings, labels), labels)  # no features yet: no refinement
+    shared.set(torch.randn(2, 3, 5))  # set by another reader of the holder (the model)
+    own = DomainPromptMiner(num_clusters=3, threshold=0.0, text_features=shared.features)
+    expected = own.refine(embeddings, labels)
+    assert torch.equal(reader.refine(embeddings, labels), expected)
 
 
 def test_bad_inputs_raise():

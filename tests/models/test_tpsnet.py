@@ -105,7 +105,7 @@ def test_synergy_matches_brute_force(images, domains):
 def test_text_prior_off(images):
     model = make_model(text_features=None)
     assert model.text_features is None and model.num_clusters is None
-    assert "text_features" not in model.state_dict()
+    assert "prompt_features.features" not in model.state_dict()
     out = model(images, domains=[0, 1, 0], return_dict=True)
     assert out["synergy"] is None and out["weights"] is None
     torch.testing.assert_close(out["embedding"], F.normalize(out["fused"], dim=1))
@@ -120,8 +120,8 @@ def test_set_text_features_replaces_and_validates(images):
     assert (model.num_domains, model.num_clusters) == (3, 4)
     assert not model.text_features.requires_grad
     torch.testing.assert_close(model.text_features, new.detach())
-    assert "text_features" in model.state_dict()
-    assert "text_features" not in dict(model.named_parameters())
+    assert "prompt_features.features" in model.state_dict()
+    assert not any("features" in name for name, _ in model.named_parameters())
     assert model(images, [2, 0, 1], return_dict=True)["weights"].shape == (3, 4)
     with pytest.raises(ValueError, match="D×C×e"):
         model.set_text_features(torch.randn(6, EMBED))
@@ -150,7 +150,7 @@ def test_bad_domains(images):
 def test_state_dict_round_trip(images):
     model = make_model(seed=0).eval()
     state = model.state_dict()
-    assert "text_features" in state
+    assert "prompt_features.features" in state
     # targets without text features, and with another number of prompts, adopt the checkpoint's
     targets = (make_model(text_features=None, seed=1), make_model(torch.randn(DOMAINS, 3, EMBED), seed=2))
     for target in targets:
@@ -158,8 +158,19 @@ def test_state_dict_round_trip(images):
         target.eval()
         torch.testing.assert_close(target.text_features, model.text_features)
         torch.testing.assert_close(target(images, [0, 1, 0]), model(images, [0, 1, 0]))
-    with pytest.raises(RuntimeError, match="text_features"):
+    with pytest.raises(RuntimeError, match="prompt_features.features"):
         make_model().load_state_dict(make_model(text_features=None).state_dict())
+
+
+def test_state_dict_of_an_earlier_release_loads(images):
+    # Before the shared PromptFeatures holder the model kept T in its own "text_features" buffer.
+    model = make_model(seed=0).eval()
+    legacy = {("text_features" if key == "prompt_features.features" else key): value
+              for key, value in model.state_dict().items()}
+    target = make_model(text_features=None, seed=1)
+    target.load_state_dict(legacy)
+    torch.testing.assert_close(target.eval()(images, [0, 1, 0]), model(images, [0, 1, 0]))
+    assert "text_features" in legacy  # the caller's dict is left as it was
 
 
 def test_gradients_flow(images):

@@ -7,6 +7,7 @@ from pytorch_metric_learning.losses import NTXentLoss
 
 from tpsnet_plugin.losses import ImageTextCrossEntropyLoss, InstanceContrastiveLoss, PrototypeCrossEntropyLoss
 from tpsnet_plugin.miners import DomainPromptMiner
+from tpsnet_plugin.text_prior import PromptFeatures
 from tpsnet_plugin.training import LOSS_TERMS, SynergyBatch, build_losses, default_config
 from tpsnet_plugin.utils import encode_domain_labels
 
@@ -18,7 +19,7 @@ def synergy(**weights):
 
 
 def test_loss_table_builds_each_weighted_term():
-    table = build_losses(synergy(miner=0.5), num_clusters=5, embed_dim=8, text_prior=True)
+    table = build_losses(synergy(miner=0.5), num_clusters=5, embed_dim=8, prompt_features=PromptFeatures())
     assert set(table.loss_funcs) == {"prototype", "image_text", "instance", "miner"}
     assert isinstance(table.loss_funcs["prototype"], PrototypeCrossEntropyLoss)
     assert isinstance(table.loss_funcs["image_text"], ImageTextCrossEntropyLoss)
@@ -29,12 +30,12 @@ def test_loss_table_builds_each_weighted_term():
 
 
 def test_zero_weight_and_missing_text_prior_drop_terms():
-    table = build_losses(synergy(instance=0.0), num_clusters=5, embed_dim=8, text_prior=False)
+    table = build_losses(synergy(instance=0.0), num_clusters=5, embed_dim=8, prompt_features=None)
     assert set(table.loss_funcs) == set(table.loss_weights) == {"prototype"}
 
 
 def test_total_is_the_weighted_sum():
-    table = build_losses(synergy(prototype=2.0, instance=0.25), num_clusters=5, embed_dim=8, text_prior=False)
+    table = build_losses(synergy(prototype=2.0, instance=0.25), num_clusters=5, embed_dim=8, prompt_features=None)
     terms = {"prototype": torch.tensor(3.0), "instance": torch.tensor(4.0)}
     assert table.total(terms).item() == pytest.approx(2.0 * 3.0 + 0.25 * 4.0)
 
@@ -42,16 +43,17 @@ def test_total_is_the_weighted_sum():
 def test_instance_within_domain_comes_from_the_synergy_section():
     config = synergy()
     config["instance_within_domain"] = False
-    assert build_losses(config, 5, 8, text_prior=False).loss_funcs["instance"].within_domain is False
+    assert build_losses(config, 5, 8, prompt_features=None).loss_funcs["instance"].within_domain is False
 
 
 def test_each_term_computes_what_its_loss_gives_on_the_batch_it_declares():
     torch.manual_seed(0)
     num_clusters, dim = 5, 8
-    table = build_losses(synergy(miner=0.5), num_clusters=num_clusters, embed_dim=dim, text_prior=True)
+    prompt_features = PromptFeatures()
+    table = build_losses(synergy(miner=0.5), num_clusters=num_clusters, embed_dim=dim, prompt_features=prompt_features)
     assert list(table.terms) == list(LOSS_TERMS)  # computed and logged in the registry's order
     text = F.normalize(torch.randn(2, num_clusters, dim), dim=-1)
-    table.set_text_features(text)
+    prompt_features.set(text)  # one holder: the image-text loss and the miner read what it holds
     assert torch.equal(table.loss_funcs["image_text"].text_features, text)
     assert torch.equal(table.mining_funcs["miner"].text_features, text)
     table.loss_funcs["prototype"].init_prototypes(F.normalize(torch.randn(num_clusters, dim), dim=-1))
@@ -84,8 +86,8 @@ def test_the_terms_gradients_are_bitwise_those_of_one_shared_graph():
     # maths, other floating-point bits, and so another run than the one the recipes were measured with.
     torch.manual_seed(1)
     num_clusters, dim = 4, 16
-    table = build_losses(synergy(), num_clusters=num_clusters, embed_dim=dim, text_prior=True)
-    table.set_text_features(F.normalize(torch.randn(2, num_clusters, dim), dim=-1))
+    table = build_losses(synergy(), num_clusters=num_clusters, embed_dim=dim,
+                         prompt_features=PromptFeatures(F.normalize(torch.randn(2, num_clusters, dim), dim=-1)))
     table.loss_funcs["prototype"].init_prototypes(F.normalize(torch.randn(num_clusters, dim), dim=-1))
     for loss in table.loss_funcs.values():
         loss.eval()

@@ -7,6 +7,7 @@ import math
 import torch
 from pytorch_metric_learning.miners import BaseMiner
 
+from ..text_prior.prompt_features import PromptFeatures
 from ..text_prior.relabel import relabel_with_prompts
 from ..utils.domain_labels import check_labels_have_prompts, decode_domain_labels, encode_domain_labels
 
@@ -36,11 +37,13 @@ class DomainPromptMiner(BaseMiner):
     Args:
         num_clusters: C, the number of clusters per domain used to decode the combined labels.
         text_features: Optional prompt features ``T`` of shape (D, C, e); see
-            :meth:`set_text_features`. ``None`` disables the refinement.
+            :meth:`set_text_features`. ``None`` disables the refinement (until features are set).
         threshold: Softmax confidence needed to replace a sample's cluster by the prompt argmax
             (above 1: never).
         logit_scale: Multiplier of the cosine similarities before the softmax, finite and
             positive (CLIP's ``logit_scale.exp()``, 100 for trained CLIP models).
+        prompt_features: The :class:`~tpsnet_plugin.text_prior.PromptFeatures` holder of T to read,
+            shared with the model (``model.prompt_features``); None = a holder of its own.
         **kwargs: Passed to pml's ``BaseMiner`` (e.g. ``collect_stats``); the distance is unused.
     """
 
@@ -50,6 +53,7 @@ class DomainPromptMiner(BaseMiner):
         text_features: torch.Tensor | None = None,
         threshold: float = 0.5,
         logit_scale: float = 100.0,
+        prompt_features: PromptFeatures | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -65,8 +69,10 @@ class DomainPromptMiner(BaseMiner):
         self.num_clusters = int(num_clusters)
         self.threshold = float(threshold)
         self.logit_scale = float(logit_scale)
-        # The text features belong to the prompt learner's checkpoint, so they are not saved here.
-        self.register_buffer("text_features", None, persistent=False)
+        # A reader, not an owner: the holder stays out of this module's state dict and .to() (the model
+        # saves and moves it); the features are moved to the embeddings' device when read.
+        holder = prompt_features if prompt_features is not None else PromptFeatures()
+        object.__setattr__(self, "prompt_features", holder)
         if text_features is not None:
             self.set_text_features(text_features)
         self.refined_labels: torch.Tensor | None = None
@@ -76,26 +82,28 @@ class DomainPromptMiner(BaseMiner):
         )
         self.add_to_recordable_attributes(name="num_changed", is_stat=True)
 
+    @property
+    def text_features(self) -> torch.Tensor | None:
+        """The prompt features T (D×C×e) the refinement reads, or None (no refinement)."""
+        return self.prompt_features.features
+
     def set_text_features(self, text_features: torch.Tensor | None) -> None:
         """Set (or clear, with ``None``) the prompt features used to refine the labels.
 
         Args:
             text_features: Tensor of shape (D, C, e): for each domain, one feature per cluster
-                prompt. It is stored detached; it need not be normalised but must be finite.
+                prompt. It is stored detached in :attr:`prompt_features` (every reader of a shared
+                holder sees it); it need not be normalised but must be finite.
         """
-        if text_features is None:
-            self.text_features = None
-            return
-        text_features = torch.as_tensor(text_features).detach()
-        if text_features.ndim != 3 or text_features.shape[1] != self.num_clusters:
-            raise ValueError(
-                "text_features must have shape (num_domains, num_clusters, embedding_size) with "
-                f"num_clusters={self.num_clusters}, got {tuple(text_features.shape)}"
-            )
-        if not torch.isfinite(text_features).all():
-            raise ValueError("text_features contain NaN or inf values, which would silently turn "
-                             "the refinement off; pass finite prompt features")
-        self.text_features = text_features.float()
+        if text_features is not None:
+            text_features = torch.as_tensor(text_features)
+            if text_features.ndim != 3 or text_features.shape[1] != self.num_clusters:
+                raise ValueError(
+                    "text_features must have shape (num_domains, num_clusters, embedding_size) with "
+                    f"num_clusters={self.num_clusters}, got {tuple(text_features.shape)}"
+                )
+            text_features = text_features.float()
+        self.prompt_features.set(text_features)
 
     def refine(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Return the combined labels after refinement with the text prior.
@@ -110,8 +118,9 @@ class DomainPromptMiner(BaseMiner):
         labels = torch.as_tensor(labels)
         domains, clusters = decode_domain_labels(labels, self.num_clusters)
         if self.text_features is not None:
-            check_labels_have_prompts(labels, domains, len(self.text_features), self.num_clusters)
-            clusters = relabel_with_prompts(embeddings, self.text_features, domains, clusters,
+            text = self.prompt_features.require(self.num_clusters, type(self).__name__)
+            check_labels_have_prompts(labels, domains, len(text), self.num_clusters)
+            clusters = relabel_with_prompts(embeddings, text, domains, clusters,
                                             self.logit_scale, self.threshold)
         return encode_domain_labels(domains, clusters, self.num_clusters)
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..text_prior.prompt_features import PromptFeatures
+
 __all__ = ["TPSNet"]
 
 
@@ -30,14 +32,13 @@ class TPSNet(nn.Module):
             (B×e) like :class:`~tpsnet_plugin.backbones.PhasePriorBackbone`, or returns pooled
             features B×e from ``backbone(x)`` (used as a single token, e.g. a timm model built
             with ``num_classes=0``).
-        text_features: Frozen prompt features T, D×C×e, from the prompts stage; stored in a persistent
-            buffer (saved in the state_dict). None switches the text prior off: the embedding is
-            ``normalize(I_f)``. Set or replace them later with :meth:`set_text_features`.
+        text_features: Frozen prompt features T, D×C×e, from the prompts stage; held by
+            :attr:`prompt_features` (saved in the state_dict, shared with the losses and the miner
+            that read them). None switches the text prior off: the embedding is ``normalize(I_f)``.
+            Set or replace them later with :meth:`set_text_features`.
         num_heads: Heads of the cross-attention; must divide e.
         weight_temperature: Temperature τ_w of the prompt weights w.
     """
-
-    text_features: torch.Tensor | None
 
     def __init__(
         self,
@@ -63,7 +64,7 @@ class TPSNet(nn.Module):
         # Built even without text features so that set_text_features() can switch the prior on.
         self.cross_attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
         self.norm = nn.LayerNorm(embed_dim)
-        self.register_buffer("text_features", None)
+        self.prompt_features = PromptFeatures()
         if text_features is not None:
             self.set_text_features(text_features)
 
@@ -88,14 +89,19 @@ class TPSNet(nn.Module):
         return model
 
     @property
+    def text_features(self) -> torch.Tensor | None:
+        """The frozen prompt features T (D×C×e) of :attr:`prompt_features`, or None without the text prior."""
+        return self.prompt_features.features
+
+    @property
     def num_domains(self) -> int | None:
         """D, the number of domains of the text features (None without them)."""
-        return None if self.text_features is None else self.text_features.shape[0]
+        return self.prompt_features.num_domains
 
     @property
     def num_clusters(self) -> int | None:
         """C, the number of prompts (clusters) per domain (None without text features)."""
-        return None if self.text_features is None else self.text_features.shape[1]
+        return self.prompt_features.num_clusters
 
     def set_text_features(self, text_features: torch.Tensor | None) -> None:
         """Install new prompt features (e.g. after a new prompts stage), or None to switch the prior off.
@@ -104,47 +110,23 @@ class TPSNet(nn.Module):
             text_features: Tensor D×C×e with e = ``embed_dim``; copied (detached) to the device and
                 dtype of the module's parameters.
         """
-        if text_features is None:
-            self.text_features = None
-            return
-        if not isinstance(text_features, torch.Tensor):
-            raise TypeError(f"text_features must be a tensor D×C×e, got {type(text_features).__name__}")
-        if text_features.ndim != 3:
-            raise ValueError(
-                f"text_features must be a tensor D×C×e (domains × clusters × {self.embed_dim}), got "
-                f"shape {tuple(text_features.shape)}; reshape a flat (D*C)×e tensor with .view(D, C, -1)"
-            )
-        if text_features.shape[-1] != self.embed_dim:
+        tensor = isinstance(text_features, torch.Tensor)
+        if tensor and text_features.ndim == 3 and text_features.shape[-1] != self.embed_dim:
             raise ValueError(
                 f"text_features width {text_features.shape[-1]} does not match the backbone width "
                 f"{self.embed_dim}; build the backbone with embed_dim={text_features.shape[-1]}"
             )
-        if 0 in text_features.shape[:2]:
-            raise ValueError(
-                "text_features must have at least one domain and one cluster, got "
-                f"{tuple(text_features.shape)}"
-            )
         parameter = next(self.parameters())
-        self.text_features = text_features.detach().to(parameter.device, parameter.dtype).clone()
+        if tensor:
+            text_features = text_features.to(parameter.device, parameter.dtype)
+        self.prompt_features.set(text_features)
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # A checkpoint's text features define its prompts: adopt their shape (and presence) so a
-        # model built with text_features=None, or with another C, loads any TPSNet checkpoint.
-        key = prefix + "text_features"
-        if key in state_dict and isinstance(state_dict[key], torch.Tensor):
-            self.set_text_features(state_dict[key])
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Checkpoints written before the shared holder kept the features in a buffer of this module.
+        legacy = prefix + "text_features"
+        if legacy in state_dict:
+            state_dict[prefix + "prompt_features.features"] = state_dict.pop(legacy)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _backbone_parts(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:
         if hasattr(self.backbone, "forward_parts"):

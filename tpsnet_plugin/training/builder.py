@@ -209,7 +209,8 @@ def build_setup(config: Mapping[str, Any], accelerator: Accelerator, model: RunM
     )
     learner = model.prompt_learner
     losses = build_losses(
-        config["synergy"], num_clusters, model.embed_dim, text_prior=learner is not None,
+        config["synergy"], num_clusters, model.embed_dim,
+        prompt_features=model.model.prompt_features if learner is not None else None,
         logit_scale=learner.logit_scale if learner is not None else 100.0, num_processes=accelerator.num_processes,
     )
     for loss in losses.loss_funcs.values():

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..losses import ImageTextCrossEntropyLoss, InstanceContrastiveLoss, PrototypeCrossEntropyLoss
 from ..miners import DomainPromptMiner
+from ..text_prior.prompt_features import PromptFeatures
 from ..utils import encode_domain_labels
 
 
@@ -71,14 +72,13 @@ class LossTerm:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, num_clusters: int, embed_dim: int, logit_scale: float,
-                    num_processes: int) -> LossTerm:
+                    num_processes: int, prompt_features: PromptFeatures | None) -> LossTerm:
+        """The term the ``synergy`` section describes; ``prompt_features`` is the model's holder of the
+        frozen prompt features (None without the text prior), for the terms that read them."""
         raise NotImplementedError
 
     def __call__(self, batch: SynergyBatch) -> torch.Tensor:
         raise NotImplementedError
-
-    def set_text_features(self, text_features: torch.Tensor) -> None:
-        """Receive the frozen prompt features (terms that read them override this)."""
 
 
 class PrototypeTerm(LossTerm):
@@ -87,7 +87,8 @@ class PrototypeTerm(LossTerm):
     name = "prototype"
 
     @classmethod
-    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes) -> PrototypeTerm:
+    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes,
+                    prompt_features) -> PrototypeTerm:
         return cls(PrototypeCrossEntropyLoss(num_clusters, embed_dim, temperature=config["prototype_temperature"],
                                              momentum=config["prototype_momentum"]))
 
@@ -103,16 +104,14 @@ class ImageTextTerm(LossTerm):
     uses_text_prior = True
 
     @classmethod
-    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes) -> ImageTextTerm:
+    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes,
+                    prompt_features) -> ImageTextTerm:
         return cls(ImageTextCrossEntropyLoss(num_clusters, label_smoothing=config["label_smoothing"],
-                                             logit_scale=logit_scale))
+                                             logit_scale=logit_scale, prompt_features=prompt_features))
 
     def __call__(self, batch: SynergyBatch) -> torch.Tensor:
         keep = batch.keep.repeat(2)
         return self.loss(batch.both[keep], batch.combined(both_views=True)[keep])
-
-    def set_text_features(self, text_features: torch.Tensor) -> None:
-        self.loss.set_text_features(text_features)
 
 
 class InstanceTerm(LossTerm):
@@ -121,7 +120,8 @@ class InstanceTerm(LossTerm):
     name = "instance"
 
     @classmethod
-    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes) -> InstanceTerm:
+    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes,
+                    prompt_features) -> InstanceTerm:
         return cls(InstanceContrastiveLoss(temperature=config["instance_temperature"],
                                            within_domain=config["instance_within_domain"]))
 
@@ -135,9 +135,10 @@ class MinerTerm(LossTerm):
     name = "miner"
 
     @classmethod
-    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes) -> MinerTerm:
+    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes,
+                    prompt_features) -> MinerTerm:
         loss = NTXentLoss(temperature=config["instance_temperature"])
-        miner = DomainPromptMiner(num_clusters, threshold=config["miner_threshold"])
+        miner = DomainPromptMiner(num_clusters, threshold=config["miner_threshold"], prompt_features=prompt_features)
         if num_processes > 1:
             loss, miner = DistributedLossWrapper(loss), DistributedMinerWrapper(miner)
         return cls(loss, miner)
@@ -145,9 +146,6 @@ class MinerTerm(LossTerm):
     def __call__(self, batch: SynergyBatch) -> torch.Tensor:
         combined = batch.combined()
         return self.loss(batch.view1, combined, self.miner(batch.view1, combined))
-
-    def set_text_features(self, text_features: torch.Tensor) -> None:
-        getattr(self.miner, "miner", self.miner).set_text_features(text_features)  # inside a distributed wrapper
 
 
 # The terms, in the order they are computed and logged.
@@ -181,18 +179,12 @@ class LossTable:
         """The weighted sum of computed loss terms."""
         return sum(self.loss_weights[name] * value for name, value in terms.items())
 
-    def set_text_features(self, text_features: torch.Tensor | None) -> None:
-        """Hand the frozen prompt features to every term that reads them."""
-        if text_features is not None:
-            for term in self.terms.values():
-                term.set_text_features(text_features)
-
 
 def build_losses(
     synergy_config: Mapping[str, Any],
     num_clusters: int,
     embed_dim: int,
-    text_prior: bool,
+    prompt_features: PromptFeatures | None,
     logit_scale: float = 100.0,
     num_processes: int = 1,
 ) -> LossTable:
@@ -202,16 +194,18 @@ def build_losses(
         synergy_config: The ``synergy`` section (``loss_weights`` and the loss options).
         num_clusters: Number of clusters C.
         embed_dim: Embedding width e.
-        text_prior: Whether prompts exist; without them the terms that read prompts are not built.
+        prompt_features: The model's holder of the frozen prompt features, read by the terms of the
+            text prior; None (no text prior) leaves those terms out.
         logit_scale: CLIP's logit scale for the image-to-text logits.
         num_processes: World size; above 1 the pml loss and miner are wrapped to gather across processes.
     """
     table = LossTable()
     for name, term in LOSS_TERMS.items():
         weight = float(synergy_config["loss_weights"][name])
-        if weight <= 0 or (term.uses_text_prior and not text_prior):
+        if weight <= 0 or (term.uses_text_prior and prompt_features is None):
             continue
         table.loss_weights[name] = weight
         table.terms[name] = term.from_config(synergy_config, num_clusters=num_clusters, embed_dim=embed_dim,
-                                             logit_scale=logit_scale, num_processes=num_processes)
+                                             logit_scale=logit_scale, num_processes=num_processes,
+                                             prompt_features=prompt_features)
     return table

@@ -271,7 +271,6 @@ class SynergyStage(Stage):
         state = trainer.state
         if state.epoch == 0:
             trainer.init_prototypes(trainer.embed())
-        trainer.losses.set_text_features(trainer.model.text_features)
         sampler = self.sampler(trainer)
         trainer.stage_model.train()
         for loss in trainer.losses.loss_funcs.values():
