@@ -89,6 +89,7 @@ import numpy as np
 from PIL import Image
 
 from scripts import build_icons, debian_packages
+from scripts.icons import candidates as icon_candidates
 from tpsnet_plugin.data.icons import (
     IMAGES_DIR,
     MANIFEST,
@@ -560,10 +561,10 @@ def svg_dims(path: Path) -> tuple[int, int] | None:
     if dims is not None:
         return dims
     with open(path, "rb") as handle:
-        tag = build_icons._SVG_TAG.search(handle.read(8192))
+        tag = icon_candidates._SVG_TAG.search(handle.read(8192))
     if tag is None:
         return None
-    attrs = dict(build_icons._SVG_ATTR.findall(tag.group(0)))
+    attrs = dict(icon_candidates._SVG_ATTR.findall(tag.group(0)))
     lengths = [_SVG_LENGTH.match(attrs.get(key, b"")) for key in (b"width", b"height")]
     if not all(lengths):
         return None

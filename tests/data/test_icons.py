@@ -1,4 +1,4 @@
-"""Tests for the icon corpus: ``scripts/build_icons.py`` and ``tpsnet_plugin.data.icons``.
+"""Tests for the icon corpus: ``scripts/build_icons.py`` (steps in ``scripts/icons/``) and ``tpsnet_plugin.data.icons``.
 
 No network: the themes are fake folders of a few PNGs written in tmp_path.
 """
@@ -109,6 +109,22 @@ def test_templates_take_one_caption():
 
 def test_script_reexports_templates(builder):
     assert builder.TEMPLATES is TEMPLATES
+
+
+STEP_MODULES = ("themes", "fetch", "candidates", "convert", "manifest", "corpus")
+
+
+def test_script_reexports_each_step_name_from_its_one_home(builder):
+    homes = {}
+    for module_name in STEP_MODULES:
+        module = importlib.import_module(f"scripts.icons.{module_name}")
+        for name in module.__all__:
+            assert name not in homes, f"{name} is exported by two step modules"
+            homes[name] = getattr(module, name)
+            if callable(homes[name]):  # defined there, not imported from elsewhere
+                assert homes[name].__module__ == module.__name__, name
+    for name in set(builder.__all__) - {"main", "TEMPLATES"}:
+        assert getattr(builder, name) is homes[name], name
 
 
 @pytest.mark.parametrize("name", [
@@ -259,7 +275,8 @@ def test_partial_build_raises_a_clear_error(builder, themes, tmp_path):
 def test_a_new_build_removes_the_old_marker_first(builder, themes, tmp_path, monkeypatch):
     out = tmp_path / "out"
     _build(builder, themes, out, holdout=[])
-    monkeypatch.setattr(builder, "to_square_rgb", lambda *args: 1 / 0)  # the build dies midway
+    # the build dies midway (build_corpus looks the converter up in its own module)
+    monkeypatch.setattr(importlib.import_module("scripts.icons.corpus"), "to_square_rgb", lambda *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         builder.build_corpus(themes, out, size=24, holdout=[])
     with pytest.raises(IncompleteCorpusError, match="interrupted build"):
@@ -309,6 +326,16 @@ def test_provenance_lists_packages_counts_and_holdout(builder, themes, tmp_path)
     assert "| beta | `beta-icon-theme` | 1.0-1 | GPL-3+ | png | 2 | 2 | holdout |" in text
     assert "Holdout (whole themes, split `holdout` in the manifest): beta" in text
     assert f"scripts.build_icons --cache-dir {out}" in text
+
+
+def test_renderer_version_is_the_first_output_or_none(tmp_path):
+    from scripts.icons.fetch import renderer_version
+
+    assert renderer_version(None) == "none"
+    fake = tmp_path / "rsvg-convert"
+    fake.write_text("#!/bin/sh\necho 'rsvg-convert version 2.54.7'\n")
+    fake.chmod(0o755)
+    assert renderer_version(fake) == "rsvg-convert version 2.54.7"
 
 
 def test_package_licence_reads_the_first_license_line(tmp_path):
