@@ -6,13 +6,13 @@ A generated table sits between two markers in a Markdown file::
     ...the table...
     <!-- /table -->
 
-``study NAME [VARIANTS...]`` is one study of ``benchmarks/quality_digits.py``: a row per variant
+``study NAME [VARIANTS...]`` is one study of ``benchmarks/quality/quality_digits.py``: a row per variant
 (mean P@1 at the last epoch ± the standard deviation over seeds, the seeds' own values, mAP@All)
 and the centred raw-pixel starting point. Studies written before starting points were centred
-take it from ``baselines_centred.json`` (``benchmarks/rederive_baselines.py``) and show the
+take it from ``baselines_centred.json`` (``benchmarks/quality/rederive_baselines.py``) and show the
 uncentred number beside it. ``summary`` is the README's table of the shipped recipes;
 ``wall_times`` (a table) and ``wall_times_line`` (a sentence) the times of ``make demo`` and
-``make test`` on a fresh clone (``benchmarks/wall_times.py``).
+``make test`` on a fresh clone (``benchmarks/speed/wall_times.py``).
 
     python -m benchmarks.report_tables            # rewrite every marked table
     python -m benchmarks.report_tables --check    # exit status 1 when a table differs from the JSON
@@ -161,8 +161,8 @@ def wall_times_line() -> str:
         times.append(f"`make {command}` {minutes} min {seconds:02d} s" + ("" if result["returncode"] == 0 else
                                                                           f" (exit status {result['returncode']})"))
     machine = record["machine"]
-    return (f"On a fresh clone, install included ({machine['nproc']} CPU cores, `python -m benchmarks.wall_times`): "
-            f"{', '.join(times)}.\n")
+    return (f"On a fresh clone, install included ({machine['nproc']} CPU cores, "
+            f"`python -m benchmarks.speed.wall_times`): {', '.join(times)}.\n")
 
 
 def render(spec: str) -> str:

@@ -1,7 +1,7 @@
 """Retrieval quality: ablations over seeds, on Digits or any folder dataset, from scratch or pretrained.
 
-    python -m benchmarks.quality_digits [--config configs/digits4.yaml] [--seeds 0 1 2] [--variants full no_priors ...]
-                                        [--jobs N] [--threads T]
+    python -m benchmarks.quality.quality_digits [--config configs/digits4.yaml] [--seeds 0 1 2]
+                                                [--variants full no_priors ...] [--jobs N] [--threads T]
 
 Variants (all through the same trainer, switched by config keys):
 
@@ -73,7 +73,7 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 STARTING_POINTS = {"raw_pixels": "raw_pixels", "frozen_start": "frozen_features", "clip_zero_shot": "clip_zero_shot"}
 # the default study: the pipeline's parts added one at a time, with the config's CLIP
 ABLATION = ("instance_only", "no_priors", "phase", "text", "full", "full_i2tce")
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def run_variant(config_path: str, variant: str, seed: int, extra: list[str], out: Path,

@@ -10,10 +10,10 @@ normalisation as configured, as the trainer treats its embeddings), four feature
 
 A part that retrieves better than ``embedding`` locates a loss in the steps after it.
 
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.embedding_parts --runs outputs/a/full-seed0 ...
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.diagnostics.embedding_parts --runs outputs/a/full-seed0 ...
 [--out FILE]`` (default ``benchmarks/results/embedding_parts.json``). Prints mean P@1 per run and
 part, and mean ± std over the runs of each variant (runs named ``<variant>-seed<k>``, as
-``benchmarks/quality_digits.py`` names them); writes every direction's metrics.
+``benchmarks/quality/quality_digits.py`` names them); writes every direction's metrics.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
         runs[str(run)] = results
         means = "  ".join(f"{part} {mean_metrics(r)['precision_at_1']:6.2f}" for part, r in results.items())
         print(f"{str(run):50s} mean P@1: {means}")
-    summary = {}  # runs named <variant>-seed<k> (benchmarks/quality_digits.py) are grouped by variant
+    summary = {}  # runs named <variant>-seed<k> (benchmarks/quality/quality_digits.py) are grouped by variant
     for run, results in runs.items():
         group = Path(run).name.rsplit("-seed", 1)[0]
         for part, metrics in results.items():

@@ -26,7 +26,7 @@ Measured in one run, through the trainer's own code paths (``TPSNetTrainer``):
 
 ``--quick`` is a CPU smoke variant in the same shape at small scale (DomainNet's domain sizes / 1000,
 10 classes, 32 px, ``small_cnn`` networks and the tiny CLIP); the tests run it.
-Run: ``HF_HUB_OFFLINE=1 python -m benchmarks.bench_domainnet_scale --device cuda --amp [--quick]``.
+Run: ``HF_HUB_OFFLINE=1 python -m benchmarks.speed.bench_domainnet_scale --device cuda --amp [--quick]``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from benchmarks._common import PeakRSS, format_table, parse_args, write_json
 from tpsnet_plugin.evaluation import evaluate_domains
 from tpsnet_plugin.training import SynergyStage, TPSNetTrainer, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 DOMAINNET_SIZES = {"clipart": 48_129, "infograph": 51_605, "painting": 72_266,
                    "quickdraw": 172_500, "real": 172_947, "sketch": 69_128}

@@ -13,7 +13,7 @@ inputs to channels-last; on a GPU, "phase compiled (default / reduce-overhead)" 
 Overhead % = TPSNet / RGB alone - 1, both timed in
 this process: the cases of one RGB model are timed in turn (one step each per round), so a change of
 clock speed or load hits them alike.
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.bench_step [--quick] [--out FILE]``.
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.speed.bench_step [--quick] [--out FILE]``.
 On a GPU: ``--device cuda [--amp]`` (bf16 autocast); cuDNN benchmark mode is on, every step ends
 with a CUDA synchronise, more steps are timed (3 warm-up, 40 timed) and the memory column is the
 peak CUDA memory of the step beyond what was allocated before it.

@@ -15,7 +15,7 @@ Part 2, ``InstanceContrastiveLoss(temperature=0.1)`` vs pml ``SelfSupervisedLoss
 at batch 64/256/1024, e = 128: forward + backward, values and gradients compared. pml builds a
 (2B positives x 4B^2 negatives) tensor, so at batch 1024 it runs in a subprocess with an
 address-space limit and a time limit, and is reported as skipped when it exceeds either.
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.bench_cluster [--quick] [--out FILE]``.
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.speed.bench_cluster [--quick] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ EMB = 128
 PML_SUBPROCESS_BATCH = 1024
 PML_MEMORY_LIMIT_GIB = 12
 PML_TIME_LIMIT_S = 180
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def planted(n: int, dim: int, num_domains: int, seed: int = 0):
@@ -144,9 +146,10 @@ def _limit_memory() -> None:
 
 
 def pml_in_subprocess(batch: int) -> dict:
-    cmd = [sys.executable, __file__, "--pml-case", str(batch)]
+    # run as a module from the repository root, so that ``benchmarks`` imports as it does here
+    cmd = [sys.executable, "-m", __spec__.name, "--pml-case", str(batch)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PML_TIME_LIMIT_S,
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PML_TIME_LIMIT_S, cwd=ROOT,
                               preexec_fn=_limit_memory, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     except subprocess.TimeoutExpired:
         return {"skipped": f"timeout: over {PML_TIME_LIMIT_S} s for one call"}

@@ -14,7 +14,7 @@ small_cnn RGB and phase networks, batch 128 with 4 per cluster, C = 10, D = 2).
 - stage 2: ``SynergyStage.train_epoch`` (``PseudoLabelSampler`` batches, two augmented views,
   the loss table, backward, Adam), without the end-of-epoch hooks (re-clustering, evaluation,
   checkpoint).
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.bench_stage1 [--quick] [--out FILE]``.
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.speed.bench_stage1 [--quick] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tpsnet_plugin.text_prior import TINY_CLIP_MODEL, DomainPromptLearner
 from tpsnet_plugin.training import PromptStage, SynergyStage, TPSNetTrainer, load_config
 from tpsnet_plugin.utils import encode_domain_labels
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def stage1_steps(learner, features, domains, labels, batch_size: int, lr: float,

@@ -6,7 +6,7 @@ ordered domain pair lists the top-1 errors grouped by (query class -> retrieved 
 number of queries of that class. The P@1 printed beside it is the evaluator's
 (``TPSNetTrainer.evaluate``), so the two can be checked against each other.
 
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.confusions_digits --run outputs/digits4 [--top 4]
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.diagnostics.confusions_digits --run outputs/digits4 [--top 4]
 [--out FILE]`` (default ``benchmarks/results/confusions_digits.json``).
 """
 

@@ -1,6 +1,6 @@
 """Wall time of the README's two commands, each on its own fresh clone, install included.
 
-    python -m benchmarks.wall_times [--commands demo test] [--out benchmarks/results/wall_times.json]
+    python -m benchmarks.speed.wall_times [--commands demo test] [--out benchmarks/results/wall_times.json]
 
 Clones the repository (its committed state) into a temporary folder per command, runs
 ``make <command>`` there with the Makefile's defaults and records the seconds, the exit status
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks._common import RESULTS_DIR, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def time_command(command: str) -> dict:

@@ -7,7 +7,7 @@ the starting points with ``TPSNetTrainer.baseline`` (raw pixels) and the frozen 
 through the trainer's own evaluation. Studies whose data cannot be rebuilt here are listed with
 the reason.
 
-    python -m benchmarks.rederive_baselines [--studies quality_digits quality_generic_digits ...]
+    python -m benchmarks.quality.rederive_baselines [--studies quality_digits quality_generic_digits ...]
 
 Writes ``benchmarks/results/baselines_centred.json``: study -> ``{"raw_pixels": direction ->
 metrics, "frozen_clip": ..., "data": the data section}`` or ``{"unavailable": reason}``.
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks._common import RESULTS_DIR, result_file, write_json
-from benchmarks.quality_digits import frozen_clip_baseline
+from benchmarks.quality.quality_digits import frozen_clip_baseline
 from tpsnet_plugin.evaluation import mean_metrics
 from tpsnet_plugin.training import TPSNetTrainer, load_config
 

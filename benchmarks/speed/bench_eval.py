@@ -13,7 +13,7 @@ Cases, per size N x M:
 
 Ours must equal (a): asserted to within ``TOLERANCE`` percentage points (numpy and torch/faiss
 matrix products round the last bit differently, which can swap two near-tied gallery items).
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.bench_eval [--quick] [--out FILE]``.
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.speed.bench_eval [--quick] [--out FILE]``.
 """
 
 from __future__ import annotations
