@@ -158,9 +158,9 @@ def test_frozen_clip_baseline_matches_a_brute_force_ranking_of_the_clip_features
 
     trainer = TPSNetTrainer(load_config(ROOT / "configs" / "digits.yaml", [*tiny, "model.clip_pretrained=icons"],
                                         output_dir=str(tmp_path / "reference")))
-    images = torch.stack([images_as_float(trainer.dataset[i][0]) for i in range(len(trainer.dataset))])
-    features = F.normalize(trainer.prompt_learner.encode_images(images), dim=-1)
-    labels, domains = torch.as_tensor(trainer.true_labels), trainer.domains
+    images = torch.stack([images_as_float(trainer.data.dataset[i][0]) for i in range(len(trainer.data.dataset))])
+    features = F.normalize(trainer.networks.prompt_learner.encode_images(images), dim=-1)
+    labels, domains = torch.as_tensor(trainer.data.true_labels), trainer.data.domains
     query, gallery = domains == 0, domains == 1
     centred = features.clone()  # evaluated like the model: centred per domain (the config's eval.center_per_domain)
     for mask in (query, gallery):
@@ -172,7 +172,7 @@ def test_frozen_clip_baseline_matches_a_brute_force_ranking_of_the_clip_features
     words = [module.NUMBER_WORDS[i] for i in range(10)]
     from open_clip import get_tokenizer
 
-    text = encode_captions(trainer.prompt_learner.clip, get_tokenizer("tpsnet-tiny-clip"), words)
+    text = encode_captions(trainer.networks.prompt_learner.clip, get_tokenizer("tpsnet-tiny-clip"), words)
     named = (features @ text.T).argmax(1)
     assert zero_shot["image_to_name_top1"] == pytest.approx((named == labels).double().mean().item())
     assert zero_shot["images"] == len(features) == 120 and zero_shot["image_to_name_chance_top1"] == 0.1
@@ -204,15 +204,15 @@ def test_embedding_parts_matches_the_run_and_a_direct_computation(tmp_path, tiny
         assert parts["embedding"][direction]["precision_at_1"] == pytest.approx(metrics["precision_at_1"], abs=1e-6)
     # every part against the exported model's own outputs, normalised, centred per domain, ranked
     model, _ = load_trained_model(run)
-    images = images_as_float(trainer.images)  # what the trainer embeds: the uint8 image cache
-    domains = torch.as_tensor(trainer.dataset.domains)
+    images = images_as_float(trainer.data.images)  # what the trainer embeds: the uint8 image cache
+    domains = torch.as_tensor(trainer.data.dataset.domains)
     with torch.no_grad():
         outputs = model(images, domains, return_dict=True)
     for part in ("fused", "rgb", "phase"):
         features = F.normalize(outputs[part].float(), dim=-1)
         for d in range(2):
             features[domains == d] -= features[domains == d].mean(0)
-        expected = evaluate_domains(F.normalize(features, dim=-1), torch.as_tensor(trainer.true_labels), domains,
-                                    trainer.domain_names, ks=(1, 5, 15))
+        expected = evaluate_domains(F.normalize(features, dim=-1), torch.as_tensor(trainer.data.true_labels), domains,
+                                    trainer.data.domain_names, ks=(1, 5, 15))
         for direction, metrics in expected.items():
             assert parts[part][direction]["precision_at_1"] == pytest.approx(metrics["precision_at_1"], abs=1e-6), part

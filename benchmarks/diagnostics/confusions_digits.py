@@ -58,12 +58,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "confusions_digits.json")
     args = parser.parse_args(argv)
     trainer = resume_run(args.run)
-    if trainer.true_labels is None:
+    if trainer.data.true_labels is None:
         sys.exit("the run's dataset has no labels to diagnose with")
-    embeddings = trainer.embed(synergy=trainer.state.stage in ("synergy", "done"))
-    results = trainer.evaluate(embeddings)
-    table = confusions(trainer.retrieval_features(embeddings), torch.as_tensor(trainer.true_labels),
-                       trainer.domains, trainer.domain_names, args.top)
+    embeddings = trainer.embedder(synergy=trainer.state.stage in ("synergy", "done"))
+    results = trainer.evaluator.evaluate(embeddings)
+    table = confusions(trainer.evaluator.retrieval_features(embeddings), torch.as_tensor(trainer.data.true_labels),
+                       trainer.data.domains, trainer.data.domain_names, args.top)
     for direction, row in table.items():
         row["precision_at_1"] = results[direction]["precision_at_1"]
         pairs = ", ".join(f"{c['query_class']}->{c['retrieved_class']} {c['count']}/{c['queries_of_class']}"

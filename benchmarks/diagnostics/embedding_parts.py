@@ -35,14 +35,14 @@ def part_results(run: Path) -> dict[str, dict]:
     trainer = resume_run(run)
     backbone = trainer.model.backbone
     features = {
-        "embedding": trainer.embed(synergy=trainer.state.stage in ("synergy", "done")),
-        "fused": trainer.embed(synergy=False, desc="fused"),
-        "rgb": trainer.embed(encoder=lambda images: F.normalize(backbone.rgb_branch(images), dim=-1), desc="rgb"),
+        "embedding": trainer.embedder(synergy=trainer.state.stage in ("synergy", "done")),
+        "fused": trainer.embedder(synergy=False, desc="fused"),
+        "rgb": trainer.embedder(encoder=lambda images: F.normalize(backbone.rgb_branch(images), dim=-1), desc="rgb"),
     }
     if backbone.phase_model is not None:
-        features["phase"] = trainer.embed(encoder=lambda images: F.normalize(backbone.phase_branch(images), dim=-1),
+        features["phase"] = trainer.embedder(encoder=lambda images: F.normalize(backbone.phase_branch(images), dim=-1),
                                           desc="phase")
-    return {part: trainer.evaluate(value) for part, value in features.items()}
+    return {part: trainer.evaluator.evaluate(value) for part, value in features.items()}
 
 
 def main(argv=None) -> dict:

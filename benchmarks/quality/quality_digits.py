@@ -108,12 +108,13 @@ def frozen_clip_baseline(config_path: str, extra: list[str], out: Path) -> tuple
     overrides = [*extra, "eval.plots=false", "accelerate.log_with=none", "model.text_prior=true",
                  "model.clip_pretrained=icons"]
     trainer = TPSNetTrainer(load_config(config_path, overrides, output_dir=str(out / "frozen_clip")))
-    features = F.normalize(trainer.embed(encoder=trainer.prompt_learner.encode_images,
+    features = F.normalize(trainer.embedder(encoder=trainer.networks.prompt_learner.encode_images,
                                          desc="frozen CLIP features"), dim=-1)
-    names = [NUMBER_WORDS[int(c)] if c.isdigit() else c.replace("_", " ") for c in trainer.dataset.classes]
-    text = encode_captions(trainer.prompt_learner.clip, get_tokenizer(trainer.config["model"]["clip_model"]), names)
-    zero_shot = zero_shot_accuracy(features, [names[label] for label in trainer.true_labels], text, names, ks=(1,))
-    return trainer.evaluate(features), zero_shot  # the run's retrieval post-processing, as for the model
+    names = [NUMBER_WORDS[int(c)] if c.isdigit() else c.replace("_", " ") for c in trainer.data.dataset.classes]
+    clip = trainer.networks.prompt_learner.clip
+    text = encode_captions(clip, get_tokenizer(trainer.config["model"]["clip_model"]), names)
+    zero_shot = zero_shot_accuracy(features, [names[label] for label in trainer.data.true_labels], text, names, ks=(1,))
+    return trainer.evaluator.evaluate(features), zero_shot  # the run's retrieval post-processing, as for the model
 
 
 def _untrained(results: dict[str, dict[str, float]]) -> dict[str, dict[str, list[float]]]:

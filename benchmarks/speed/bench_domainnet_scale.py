@@ -15,8 +15,8 @@ phase network, open_clip ``ViT-B-16`` prompts; bf16 autocast on a GPU.
 Measured in one run, through the trainer's own code paths (``TPSNetTrainer``):
 
 - dataset scan (folder walk, labels, fingerprint) and model build;
-- embedding of every image (``trainer.embed``): seconds, images/s, peak GPU memory;
-- clustering of all images into 345 clusters per domain (``trainer.cluster``; faiss on the GPU
+- embedding of every image (``trainer.embedder``): seconds, images/s, peak GPU memory;
+- clustering of all images into 345 clusters per domain (``trainer.labelling.cluster``; faiss on the GPU
   when faiss-gpu sees one, else on the CPU);
 - stage 2 (``SynergyStage.train_epoch``, ``--steps`` steps): median step seconds, images/s, the
   fraction of each step spent waiting for the DataLoader, and GPU utilisation sampled with NVML
@@ -240,47 +240,47 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as output_dir:
         config = build_config(data_dir, Path(output_dir), shape, args.amp, workers)
         trainer, seconds, rss, _ = timed(torch.device("cpu"), lambda: TPSNetTrainer(config))
-        device = trainer.device
-        num_images = len(trainer.dataset)
+        device = trainer.accelerator.device
+        num_images = len(trainer.data.dataset)
         report["dataset"] = {"images": num_images, "domains": dict(zip(
-            trainer.domain_names, np.bincount(trainer.domains.numpy()).tolist())),
-            "classes": trainer.num_clusters}
+            trainer.data.domain_names, np.bincount(trainer.data.domains.numpy()).tolist())),
+            "classes": trainer.data.num_clusters}
         rows.append(["scan folders + build model", seconds, rss, None, None])
         report["scan_and_build_s"] = seconds
 
         # embedding of every image, as the clustering and evaluation passes do
-        embeddings, seconds, rss, gpu = timed(device, lambda: trainer.embed(synergy=False))
+        embeddings, seconds, rss, gpu = timed(device, lambda: trainer.embedder(synergy=False))
         report["embedding"] = {"seconds": seconds, "images_per_s": num_images / seconds,
                                "extra_peak_rss_mib": rss, "peak_gpu_mib": gpu}
         rows.append(["embed all images", seconds, rss, gpu, f"{num_images / seconds:.0f} img/s"])
 
-        record, seconds, rss, gpu = timed(device, lambda: trainer.cluster(embeddings))
+        record, seconds, rss, gpu = timed(device, lambda: trainer.labelling.cluster(embeddings))
         report["clustering"] = {"seconds": seconds, "extra_peak_rss_mib": rss,
-                                "faiss_gpu": getattr(trainer.labeler.kmeans, "use_gpu", False)}
+                                "faiss_gpu": getattr(trainer.setup.labeler.kmeans, "use_gpu", False)}
         rows.append(["cluster (k-means per domain + alignment)", seconds, rss, gpu,
                      "faiss GPU" if report["clustering"]["faiss_gpu"] else "CPU"])
 
         # stage 2 steps through the real epoch loop, timing data waits and steps
         stage = next(s for s in trainer.stages if isinstance(s, SynergyStage))
-        trainer.init_prototypes(embeddings)
-        if trainer.prompt_learner is not None:
+        trainer.labelling.init_prototypes(embeddings)
+        if trainer.networks.prompt_learner is not None:
             with torch.no_grad():
                 trainer.model.set_text_features(
-                    torch.nn.functional.normalize(trainer.prompt_learner().float(), dim=-1))
-        trainer.losses.set_text_features(trainer.model.text_features)
-        trainer.stage_model.train()
+                    torch.nn.functional.normalize(trainer.networks.prompt_learner().float(), dim=-1))
+        trainer.setup.stage_model.train()
         timers: list[TimedIterable] = []
-        progress = trainer.progress
+        context = trainer.stage_context
+        progress = context.progress
 
         def timed_progress(iterable, desc):  # the epoch's first shape["steps"] batches, timed
             timers.append(TimedIterable(itertools.islice(iterable, shape["steps"]), device))
             return progress(timers[-1], desc)
 
-        trainer.progress = timed_progress
+        context.progress = timed_progress
         _reset_peak(device)
         with UtilisationSampler(device) as utilisation:
-            stage.train_epoch(trainer, stage.sampler(trainer))
-        trainer.progress = progress
+            stage.train_epoch(context, stage.sampler(context))
+        context.progress = progress
         timer = timers[-1]
         warm = max(1, len(timer.step_s) // 5)  # drop the first steps (allocator, cuDNN autotuning)
         step_s = statistics.median(timer.step_s[warm:] or timer.step_s)
@@ -300,19 +300,19 @@ def run(args) -> dict:
                      report["stage2"]["epoch_s_extrapolated"], None, None, "median step x steps"])
 
         # evaluation: every ordered pair, on the run's device, one direction at a time
-        features = trainer.retrieval_features(embeddings).to(device)
-        labels, domains = trainer.true_labels, trainer.domains.numpy()
+        features = trainer.evaluator.retrieval_features(embeddings).to(device)
+        labels, domains = trainer.data.true_labels, trainer.data.domains.numpy()
         ev = trainer.config["eval"]
         per_direction, metrics = {}, {}
         _reset_peak(device)
         with PeakRSS(interval=0.05) as rss_eval:
             start_all = time.perf_counter()
-            for a in range(trainer.num_domains):
-                for b in range(trainer.num_domains):
+            for a in range(len(trainer.data.domain_names)):
+                for b in range(len(trainer.data.domain_names)):
                     if a == b:
                         continue
                     start = time.perf_counter()
-                    result = evaluate_domains(features, labels, domains, trainer.domain_names,
+                    result = evaluate_domains(features, labels, domains, trainer.data.domain_names,
                                               ks=tuple(ev["ks"]), knn=ev["knn"], directions=[(a, b)],
                                               map_at_all=True, batch_size=int(ev["batch_size"]))
                     _synchronize(device)

@@ -55,8 +55,8 @@ def stage1_steps(learner, features, domains, labels, batch_size: int, lr: float,
 
 def stage2_epoch(trainer: TPSNetTrainer, stage: SynergyStage) -> int:
     """``SynergyStage.train_epoch`` (no re-clustering, evaluation or checkpoint); returns the steps."""
-    sampler = stage.sampler(trainer)
-    stage.train_epoch(trainer, sampler)
+    sampler = stage.sampler(trainer.stage_context)
+    stage.train_epoch(trainer.stage_context, sampler)
     return len(sampler)
 
 
@@ -74,12 +74,12 @@ def main() -> None:
                              accelerate={"log_with": "none"}, eval={"plots": False})
         trainer = TPSNetTrainer(config)
         stage1_cfg, stage2_cfg = config["prompts"], config["synergy"]
-        n = len(trainer.dataset)
-        domains = trainer.domains
-        trainer.cluster(trainer.embed(synergy=False))
+        n = len(trainer.data.dataset)
+        domains = trainer.data.domains
+        trainer.labelling.cluster(trainer.embedder(synergy=False))
         labels = trainer.state.labels
-        learner = trainer.prompt_learner
-        features = F.normalize(trainer.embed(encoder=learner.encode_images, desc="CLIP"), dim=-1)
+        learner = trainer.networks.prompt_learner
+        features = F.normalize(trainer.embedder(encoder=learner.encode_images, desc="CLIP"), dim=-1)
         batch_size = int(stage1_cfg["batch_size"])
         steps_per_epoch = math.ceil(n / batch_size)
 
@@ -93,18 +93,17 @@ def main() -> None:
 
         with torch.no_grad():
             trainer.model.set_text_features(F.normalize(learner().float(), dim=-1))
-        trainer.losses.set_text_features(trainer.model.text_features)
-        trainer.init_prototypes(trainer.embed())
+        trainer.labelling.init_prototypes(trainer.embedder())
         synergy = next(stage for stage in trainer.stages if isinstance(stage, SynergyStage))
-        trainer.stage_model.train()
+        trainer.setup.stage_model.train()
         s2 = measure(lambda: stage2_epoch(trainer, synergy), 1, warmup=0 if args.quick else 1)
         s2_steps = s2.pop("value")
         s2["step_median_s"] = s2["median_s"] / s2_steps
         s2["epoch_s"], s2["extrapolated"] = s2["median_s"], False
         results["stage 2 (digits.yaml)"] = s2
 
-        vit = DomainPromptLearner(big_clip, pretrained=None, num_domains=trainer.num_domains,
-                                  num_clusters=trainer.num_clusters)
+        vit = DomainPromptLearner(big_clip, pretrained=None, num_domains=len(trainer.data.domain_names),
+                                  num_clusters=trainer.data.num_clusters)
         vit_features = F.normalize(torch.randn(n, vit.embed_dim,
                                                generator=torch.Generator().manual_seed(0)), dim=-1)
         stage1_steps(vit, vit_features, domains, labels, batch_size, stage1_cfg["lr"], 1)
@@ -142,7 +141,7 @@ def main() -> None:
     write_json(args.out, {
         "benchmark": "bench_stage1",
         "quick": args.quick,
-        "setup": {"images": n, "domains": trainer.domain_names, "num_clusters": trainer.num_clusters,
+        "setup": {"images": n, "domains": trainer.data.domain_names, "num_clusters": trainer.data.num_clusters,
                   "stage1_batch": batch_size, "stage2_batch": int(stage2_cfg["batch_size"]),
                   "timing": "tiny-clip: median of whole epochs after 1 warm-up epoch; stage 2: "
                             "one epoch after 1 warm-up epoch; ViT-B-16: median of single-step "

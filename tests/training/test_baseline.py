@@ -14,12 +14,12 @@ from ..references import centred_per_domain
 
 def test_raw_pixel_baseline_matches_a_direct_computation(tmp_path, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path))
-    baseline = trainer.baseline()
-    pixels = trainer.images.float().div(255).mean(1).flatten(1)  # grayscale, 16x16 (no resize below 32 px)
-    expected = evaluate_domains(centred_per_domain(pixels, trainer.domains), trainer.true_labels,
-                                trainer.domains.numpy(), domain_names=trainer.domain_names, ks=(1, 5, 15))
-    uncentred = evaluate_domains(F.normalize(pixels, dim=-1), trainer.true_labels, trainer.domains.numpy(),
-                                 domain_names=trainer.domain_names, ks=(1, 5, 15))
+    baseline = trainer.evaluator.baseline()
+    pixels = trainer.data.images.float().div(255).mean(1).flatten(1)  # grayscale, 16x16 (no resize below 32 px)
+    expected = evaluate_domains(centred_per_domain(pixels, trainer.data.domains), trainer.data.true_labels,
+                                trainer.data.domains.numpy(), domain_names=trainer.data.domain_names, ks=(1, 5, 15))
+    uncentred = evaluate_domains(F.normalize(pixels, dim=-1), trainer.data.true_labels, trainer.data.domains.numpy(),
+                                 domain_names=trainer.data.domain_names, ks=(1, 5, 15))
     assert expected != uncentred  # the data tells the two apart
     assert baseline["kind"] == "raw_pixels"
     for direction, metrics in expected.items():
@@ -35,14 +35,14 @@ def test_pretrained_baseline_is_the_frozen_backbone(tmp_path, tiny_config):
     torch.save(timm.create_model("small_cnn", num_classes=0, widths=[8, 16, 16, 32]).state_dict(), weights)
     trainer = TPSNetTrainer(tiny_config(tmp_path, f"model.checkpoint_path={weights}"))
     assert trainer.evaluator.starting_point_kinds()[:2] == ["raw_pixels", "frozen_features"]
-    baseline = trainer.baseline("frozen_features")
+    baseline = trainer.evaluator.baseline("frozen_features")
     network = timm.create_model("small_cnn", num_classes=0, widths=[8, 16, 16, 32], checkpoint_path=str(weights)).eval()
     backbone = trainer.model.backbone
     with torch.no_grad():
-        images = trainer.images.float().div(255)
+        images = trainer.data.images.float().div(255)
         features = network((images - backbone.rgb_mean) / backbone.rgb_std)
-    expected = evaluate_domains(centred_per_domain(features, trainer.domains), trainer.true_labels,
-                                trainer.domains.numpy(), domain_names=trainer.domain_names, ks=(1, 5, 15))
+    expected = evaluate_domains(centred_per_domain(features, trainer.data.domains), trainer.data.true_labels,
+                                trainer.data.domains.numpy(), domain_names=trainer.data.domain_names, ks=(1, 5, 15))
     assert baseline["kind"] == "frozen_features"
     for direction, metrics in expected.items():
         assert baseline["results"][direction]["precision_at_1"] == pytest.approx(metrics["precision_at_1"], abs=1e-6)
@@ -51,7 +51,7 @@ def test_pretrained_baseline_is_the_frozen_backbone(tmp_path, tiny_config):
 def test_baseline_draws_no_random_numbers(tmp_path, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path))
     before = torch.get_rng_state()
-    trainer.record_baseline()
+    trainer.records.record_starting_points(trainer.evaluator)
     assert torch.equal(before, torch.get_rng_state())
     kinds = [record["baseline"]["kind"] for record in trainer.state.history]
     # digits.yaml: the icons CLIP
@@ -92,14 +92,15 @@ def test_summary_selects_epochs_and_warns_only_when_not_above_the_baseline():
 
 def test_label_free_score_is_pseudo_label_precision(tmp_path, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path))
-    trainer.cluster(trainer.embed(synergy=False))
-    embeddings = torch.randn(len(trainer.dataset), 16, generator=torch.Generator().manual_seed(0))
-    features = trainer.retrieval_features(embeddings)
-    labels, domains = trainer.state.labels.numpy(), trainer.domains.numpy()
+    trainer.labelling.cluster(trainer.embedder(synergy=False))
+    embeddings = torch.randn(len(trainer.data.dataset), 16, generator=torch.Generator().manual_seed(0))
+    features = trainer.evaluator.retrieval_features(embeddings)
+    labels, domains = trainer.state.labels.numpy(), trainer.data.domains.numpy()
     shares = []
     for a in (0, 1):
         b = 1 - a
         query, gallery = np.flatnonzero(domains == a), np.flatnonzero(domains == b)
         top1 = gallery[(features[query] @ features[gallery].T).argmax(1).numpy()]
         shares.append(100 * np.mean(labels[query] == labels[top1]))
-    assert trainer.label_free_score(embeddings) == pytest.approx(np.mean(shares), abs=1e-6)
+    score = trainer.evaluator.label_free_score(embeddings, trainer.state.labels)
+    assert score == pytest.approx(np.mean(shares), abs=1e-6)

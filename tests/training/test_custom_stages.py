@@ -22,8 +22,8 @@ class CountingHook(EndOfEpochHook):
         super().__init__(every=1)
         self.epochs = []
 
-    def run(self, trainer, stage):
-        self.epochs.append((stage.name, trainer.state.epoch))
+    def run(self, context, stage):
+        self.epochs.append((stage.name, context.state.epoch))
 
 
 class NoteStage(Stage):
@@ -34,8 +34,8 @@ class NoteStage(Stage):
     def __init__(self):
         self.ran_with_labels = None
 
-    def run(self, trainer):
-        self.ran_with_labels = trainer.state.labels is not None
+    def run(self, context):
+        self.ran_with_labels = context.state.labels is not None
 
 
 @pytest.mark.slow
@@ -67,12 +67,28 @@ def test_stages_passed_in_run_in_order_and_resume_by_name(tmp_path, tiny_config)
     assert again.fit(resume=True)["last_epoch"] == 3
 
 
-def test_the_trainer_is_the_context_stages_and_hooks_are_typed_against(tmp_path, tiny_config):
+def test_stages_and_hooks_get_a_context_of_the_run_not_the_trainer(tmp_path, tiny_config):
     from tpsnet_plugin.training.context import HookContext, StageContext
 
-    trainer = TPSNetTrainer(tiny_config(tmp_path, *NO_TEXT))
-    assert isinstance(trainer, StageContext) and isinstance(trainer, HookContext)
-    assert not isinstance(object(), StageContext)
+    config = tiny_config(tmp_path, *NO_TEXT)
+    seen = {}
+
+    class Probe(Stage):
+        name = "probe"
+
+        def run(self, context):
+            seen["stage"] = context
+
+    class ProbeHook(EndOfEpochHook):
+        def run(self, context, stage):
+            seen["hook"] = context
+
+    synergy = SynergyStage.from_config({**config["synergy"], "epochs": 1, "batch_size": 32},
+                                       hooks=[ProbeHook(), EvaluationHook(every=0)])
+    TPSNetTrainer(config, stages=[ClusteringStage(), Probe(), synergy]).fit()
+    assert type(seen["stage"]) is StageContext and type(seen["hook"]) is HookContext
+    assert seen["stage"].hook_context is seen["hook"]
+    assert len(seen["stage"].batches.dataset[0]) == 3  # image, domain, index: the batches carry no true label
 
 
 def test_stage_names_must_be_distinct():

@@ -27,8 +27,8 @@ class RecordingHook(EndOfEpochHook):
         super().__init__(every)
         self.calls = []
 
-    def run(self, trainer, stage):
-        self.calls.append((stage.name, trainer.state.epoch))
+    def run(self, context, stage):
+        self.calls.append((stage.name, context.state.epoch))
 
 
 def test_call_runs_only_when_due():
@@ -42,33 +42,54 @@ def test_call_runs_only_when_due():
 def test_recluster_and_evaluation_share_one_embedding_pass():
     calls = []
 
-    class Trainer:
-        state = SimpleNamespace(epoch=2)
-
-        def epoch_embeddings(self):
-            calls.append("embed")
-            return "E"
-
+    class Labelling:
         def cluster(self, embeddings):
             calls.append(("cluster", embeddings))
 
         def init_prototypes(self, embeddings):
             calls.append(("prototypes", embeddings))
 
+    class Evaluator:
         def evaluate(self, embeddings):
             calls.append(("evaluate", embeddings))
             return {}
 
-        def label_free_score(self, embeddings):
-            calls.append(("label_free", embeddings))
+        def label_free_score(self, embeddings, pseudo_labels):
+            calls.append(("label_free", embeddings, pseudo_labels))
             return 0.0
 
+    class Records:
         def record_evaluation(self, results, label_free_score=None):
             calls.append("record")
 
+    def epoch_embeddings():
+        calls.append("embed")
+        return "E"
+
+    context = SimpleNamespace(state=SimpleNamespace(epoch=2, labels="L"), epoch_embeddings=epoch_embeddings,
+                              labelling=Labelling(), evaluator=Evaluator(), records=Records())
     stage = SimpleNamespace(name="synergy", epochs=4)
-    trainer = Trainer()
-    ReclusterHook(every=2)(trainer, stage)
-    EvaluationHook(every=2)(trainer, stage)
-    assert calls == ["embed", ("cluster", "E"), ("prototypes", "E"), "embed", ("evaluate", "E"), ("label_free", "E"),
-                     "record"]
+    ReclusterHook(every=2)(context, stage)
+    EvaluationHook(every=2)(context, stage)
+    assert calls == ["embed", ("cluster", "E"), ("prototypes", "E"), "embed", ("evaluate", "E"),
+                     ("label_free", "E", "L"), "record"]
+
+
+def test_epoch_embeddings_are_computed_once_per_stage_and_epoch():
+    from tpsnet_plugin.training.run_evaluation import EpochEmbeddings
+
+    passes = []
+
+    def embed(synergy=True):
+        passes.append(synergy)
+        return len(passes)
+
+    state = SimpleNamespace(stage="cluster", epoch=0)
+    embeddings = EpochEmbeddings(embed, state)
+    assert embeddings() == embeddings() == 1 and passes == [False]  # the backbone's feature before synergy
+    state.stage, state.epoch = "synergy", 1
+    assert embeddings() == embeddings() == 2
+    state.stage = "done"  # the final embeddings are the last synergy epoch's
+    assert embeddings() == 2
+    state.epoch = 2
+    assert embeddings() == 3 and passes == [False, True, True]

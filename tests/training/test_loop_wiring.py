@@ -33,7 +33,7 @@ def test_the_warm_up_loss_follows_warmup_within_domain(tmp_path, within_domain, 
 
     warmup.loss_fn.forward = record
     with pytest.raises(_Stop):
-        warmup.run(trainer)
+        warmup.run(trainer.stage_context)
     assert len(set(seen["labels"].tolist())) == 2  # both domains in the batch: the flag matters
     expected, other = (
         InstanceContrastiveLoss(temperature=trainer.config["warmup"]["temperature"], within_domain=flag)(
@@ -49,7 +49,7 @@ def clustered(tmp_path_factory, tiny_config):
     """A tiny trainer after clustering, keep_ratio 0.5."""
     trainer = TPSNetTrainer(tiny_config(tmp_path_factory.mktemp("wiring"), *NO_TEXT, "cluster.keep_ratio=0.5",
                                         "warmup.epochs=0"))
-    trainer.cluster(trainer.embed(synergy=False))
+    trainer.labelling.cluster(trainer.embedder(synergy=False))
     trainer.state.stage = "synergy"
     return trainer
 
@@ -58,10 +58,11 @@ def test_keep_ratio_masks_the_prototype_loss(clustered):
     trainer, stage = clustered, clustered.stages[-1]
     keep = trainer.state.keep_mask
     assert 0.4 < keep.float().mean() < 0.7  # about half of each (domain, cluster) group
-    loader = torch.utils.data.DataLoader(trainer.train_dataset(), batch_sampler=stage.sampler(trainer))
+    context = trainer.stage_context
+    loader = context.batches.sampled_loader(stage.sampler(context))
     images, domains, index = next(iter(loader))
     received = {}
-    prototype = trainer.losses.loss_funcs["prototype"]
+    prototype = trainer.setup.losses.loss_funcs["prototype"]
     original = prototype.forward
 
     def record(embeddings, labels, *args, **kwargs):
@@ -70,7 +71,7 @@ def test_keep_ratio_masks_the_prototype_loss(clustered):
 
     prototype.forward = record
     try:
-        stage.compute_losses(trainer, images, domains, index)
+        stage.compute_losses(context, images, domains, index)
     finally:
         prototype.forward = original
     kept = keep[index]
@@ -83,17 +84,17 @@ def test_consecutive_synergy_epochs_draw_different_batches(clustered, monkeypatc
     trainer, stage = clustered, clustered.stages[-1]
     batches = []
 
-    def record(trainer, images, domains, index):
+    def record(context, images, domains, index):
         batches.append(index.tolist())
-        return {"prototype": sum(p.sum() for p in trainer.model.parameters()) * 0.0}
+        return {"prototype": sum(p.sum() for p in context.model.parameters()) * 0.0}
 
     monkeypatch.setattr(stage, "compute_losses", record)
-    sampler = stage.sampler(trainer)
+    sampler = stage.sampler(trainer.stage_context)
     epochs = []
     for epoch in (0, 1):
         trainer.state.epoch = epoch
         batches.clear()
-        stage.train_epoch(trainer, sampler)
+        stage.train_epoch(trainer.stage_context, sampler)
         epochs.append([list(b) for b in batches])
     trainer.state.epoch = 0
     assert epochs[0] != epochs[1]
@@ -103,11 +104,11 @@ def test_evaluation_centres_each_domain_by_its_own_mean(clustered):
     trainer = clustered
     assert trainer.config["eval"]["center_per_domain"]
     generator = torch.Generator().manual_seed(0)
-    embeddings = torch.randn(len(trainer.domains), 8, generator=generator)
-    embeddings[trainer.domains == 0] += 5.0  # domains far apart: a global mean would leave the offsets
+    embeddings = torch.randn(len(trainer.data.domains), 8, generator=generator)
+    embeddings[trainer.data.domains == 0] += 5.0  # domains far apart: a global mean would leave the offsets
     expected = embeddings.clone()
-    for d in trainer.domains.unique():
-        rows = trainer.domains == d
+    for d in trainer.data.domains.unique():
+        rows = trainer.data.domains == d
         expected[rows] -= embeddings[rows].mean(0)
     expected = F.normalize(expected, dim=-1)
-    assert torch.allclose(trainer.retrieval_features(embeddings), expected, atol=1e-6)
+    assert torch.allclose(trainer.evaluator.retrieval_features(embeddings), expected, atol=1e-6)

@@ -57,8 +57,8 @@ def pretrained_config(repo, pretrained):
 @pytest.mark.slow
 def test_run_starts_from_the_clip_and_reports_three_starting_points(tmp_path, clip_file, pretrained_config):
     trainer = TPSNetTrainer(pretrained_config(tmp_path, clip_file))
-    clip = trainer.clip
-    images = images_as_float(trainer.images)
+    clip = trainer.networks.clip
+    images = images_as_float(trainer.data.images)
     with torch.no_grad():
         start = trainer.model.eval().backbone.rgb_branch(images)  # eval: BatchNorm's running statistics
         clip_embedding = encode_clip_images(clip, images)
@@ -73,12 +73,12 @@ def test_run_starts_from_the_clip_and_reports_three_starting_points(tmp_path, cl
     # zero-shot: class probabilities of the CLIP embedding, centred per domain, ranked
     probabilities = zero_shot_probabilities(clip, CNN_CLIP_MODEL, clip_embedding, [str(d) for d in range(10)],
                                             pretrained=str(clip_file))
-    domains = trainer.domains
-    expected = evaluate_domains(centred_per_domain(probabilities, domains), trainer.true_labels, domains.numpy(),
-                                domain_names=trainer.domain_names, ks=(1, 5, 15))
+    domains = trainer.data.domains
+    expected = evaluate_domains(centred_per_domain(probabilities, domains), trainer.data.true_labels, domains.numpy(),
+                                domain_names=trainer.data.domain_names, ks=(1, 5, 15))
     for direction, metrics in expected.items():
         assert points["clip_zero_shot"]["results"][direction]["map_at_all"] == pytest.approx(metrics["map_at_all"])
-    accuracy = 100 * (probabilities.argmax(1).numpy() == trainer.true_labels).mean()
+    accuracy = 100 * (probabilities.argmax(1).numpy() == trainer.data.true_labels).mean()
     assert points["clip_zero_shot"]["top1_accuracy"] == pytest.approx(accuracy)
 
     # stage 1's re-pairings are logged with their precision, the total in the summary
@@ -115,7 +115,7 @@ def test_repaired_labels_are_what_the_synergy_stage_trains_on(tmp_path, clip_fil
     trainer.fit()
     assert torch.equal(trainer.state.labels, seen["repaired"].cpu())
     total = [r["repair"] for r in trainer.state.history if "repair" in r][-1]
-    assert total["changed"] == len(trainer.dataset)
+    assert total["changed"] == len(trainer.data.dataset)
 
 
 def test_bad_pretrained_settings_are_clear_errors(tmp_path, clip_file, pretrained_config):
@@ -159,4 +159,4 @@ def test_zero_shot_without_class_names_is_refused(tmp_path, clip_file, pretraine
         TPSNetTrainer(load_config(repo / "configs" / "digits.yaml", config, output_dir=str(tmp_path / "run")))
     named = TPSNetTrainer(load_config(repo / "configs" / "digits.yaml", [*config, "data.class_names=[cat, dog]"],
                                       output_dir=str(tmp_path / "run")))
-    assert named.class_names == ["cat", "dog"] and "clip_zero_shot" in named.evaluator.starting_point_kinds()
+    assert named.data.class_names == ["cat", "dog"] and "clip_zero_shot" in named.evaluator.starting_point_kinds()

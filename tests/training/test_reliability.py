@@ -93,7 +93,7 @@ def test_resume_takes_new_learning_rates_and_more_epochs(run, tiny_config):
     trainer = TPSNetTrainer(tiny_config(run, *EXTRA, "synergy.epochs=3", "synergy.lr_head=0.0005",
                                         "synergy.lr_backbone=0.0002", "eval.ks=[1, 5]"))
     summary = trainer.fit(resume=True)
-    assert [group["lr"] for group in trainer.optimizer.param_groups] == [0.0002, 0.0005]
+    assert [group["lr"] for group in trainer.setup.optimizer.param_groups] == [0.0002, 0.0005]
     assert summary["last_epoch"] == 3 and set(summary["last"]["printed->handwritten-mnist"]) == {
         "precision_at_1", "precision_at_5", "map_at_all"}
 

@@ -19,8 +19,8 @@ class RecordingHook(EndOfEpochHook):
         super().__init__(every=1)
         self.calls = []
 
-    def run(self, trainer, stage):
-        self.calls.append((stage.name, trainer.state.epoch, dict(stage.epoch_losses)))
+    def run(self, context, stage):
+        self.calls.append((stage.name, context.state.epoch, dict(stage.epoch_losses)))
 
 
 def test_stages_follow_the_config(tmp_path, tiny_config):
@@ -38,13 +38,13 @@ def test_fit_runs_each_stage_once_in_order_and_checkpoints_between(tmp_path, tin
     for stage in trainer.stages:
         run = stage.run
 
-        def wrapped(trainer, stage=stage, run=run):
-            order.append((stage.name, trainer.state.stage, trainer.state.epoch))
-            run(trainer)
+        def wrapped(context, stage=stage, run=run):
+            order.append((stage.name, context.state.stage, context.state.epoch))
+            run(context)
 
         stage.run = wrapped
-    save = trainer.save
-    trainer.save = lambda tag: saved.append(tag) or save(tag)
+    save = trainer.checkpoints.save
+    trainer.checkpoints.save = lambda tag, *args: saved.append(tag) or save(tag, *args)
     hook = RecordingHook()
     trainer.stages[-1].hooks.append(hook)
     trainer.fit()
@@ -55,7 +55,7 @@ def test_fit_runs_each_stage_once_in_order_and_checkpoints_between(tmp_path, tin
     assert trainer.state.stage == "done"
     # the hook saw every synergy epoch, with that epoch's mean loss of every weighted term
     assert [(name, epoch) for name, epoch, _ in hook.calls] == [("synergy", 1), ("synergy", 2)]
-    assert all(set(losses) == set(trainer.losses.loss_weights) for _, _, losses in hook.calls)
+    assert all(set(losses) == set(trainer.setup.losses.loss_weights) for _, _, losses in hook.calls)
     assert all(torch.isfinite(torch.tensor(list(losses.values()))).all() for _, _, losses in hook.calls)
 
 
@@ -64,22 +64,22 @@ def test_a_custom_stage_is_a_run_method(tmp_path, tiny_config):
     class CountClusters(Stage):
         name = "cluster"
 
-        def run(self, trainer):
-            ClusteringStage().run(trainer)
-            self.sizes = torch.bincount(trainer.state.labels, minlength=trainer.num_clusters)
+        def run(self, context):
+            ClusteringStage().run(context)
+            self.sizes = torch.bincount(context.state.labels, minlength=context.batches.num_clusters)
 
     trainer = TPSNetTrainer(tiny_config(tmp_path, "warmup.epochs=0", "synergy.epochs=1"))
     custom = CountClusters()
     trainer.stages[1] = custom
     trainer.fit()
-    assert custom.sizes.sum().item() == len(trainer.dataset)
+    assert custom.sizes.sum().item() == len(trainer.data.dataset)
 
 
 @pytest.mark.parametrize("position", [2, 3])
 def test_label_stages_need_a_clustering_first(tmp_path, position, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path, "warmup.epochs=0"))
     with pytest.raises(RuntimeError, match="needs pseudo-labels: run a ClusteringStage"):
-        trainer.stages[position].run(trainer)
+        trainer.stages[position].run(trainer.stage_context)
 
 
 @pytest.mark.parametrize(
@@ -109,21 +109,21 @@ def test_min_steps_announces_the_epochs_it_gives():
     class Reached(Exception):
         pass
 
-    class Trainer:
-        dataset = range(100)
+    class Context:
+        batches = range(100)
         accelerator = type("Acc", (), {"num_processes": 1, "print": staticmethod(printed.append)})()
         state = type("State", (), {"epoch": 0})()
 
-        def set_learning_rates(self, lr=None):
+        def learning_rates(self, lr=None):
             raise Reached
 
     stage = WarmupStage(epochs=2, batch_size=32, lr=0.1, temperature=0.2, within_domain=True, min_steps=1_000_000)
     with pytest.raises(Reached):
-        stage.run(Trainer())
+        stage.run(Context())
     assert stage.epochs == 333_334
     assert printed == ["warmup: 333334 epochs instead of warmup.epochs=2, to make warmup.min_steps=1000000 "
                        "optimizer steps at 3 steps per epoch"]
     printed.clear()
     with pytest.raises(Reached):
-        WarmupStage(epochs=2, batch_size=32, lr=0.1, temperature=0.2, within_domain=True, min_steps=6).run(Trainer())
+        WarmupStage(epochs=2, batch_size=32, lr=0.1, temperature=0.2, within_domain=True, min_steps=6).run(Context())
     assert printed == []  # 2 epochs x 3 steps already make 6 steps

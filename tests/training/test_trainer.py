@@ -61,9 +61,9 @@ def test_fit_writes_summary_metrics_and_model(tmp_path, tiny_config):
     assert summary["last"] == {r["direction"]: r["metrics"] for r in lines if (r["stage"], r["epoch"]) == (
         "synergy", 3)}
     exported = TPSNet.from_pretrained(run / "model")
-    images = images_as_float(trainer.images)  # what the evaluation embedded: the cached uint8 images
+    images = images_as_float(trainer.data.images)  # what the evaluation embedded: the cached uint8 images
     with torch.no_grad():
-        embeddings = exported(images, trainer.domains)
+        embeddings = exported(images, trainer.data.domains)
     assert torch.allclose(embeddings, trainer.epoch_embeddings(), atol=1e-4)
 
 
@@ -72,7 +72,7 @@ def test_ablation_switches_run(tmp_path, switch, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path, switch, "synergy.epochs=1", "warmup.epochs=0"))
     summary = trainer.fit()
     if switch.startswith("model.text_prior"):
-        assert trainer.prompt_learner is None and trainer.model.text_features is None
+        assert trainer.networks.prompt_learner is None and trainer.model.text_features is None
     else:
         assert trainer.model.backbone.phase_model is None
     assert summary["last"]
@@ -80,7 +80,8 @@ def test_ablation_switches_run(tmp_path, switch, tiny_config):
 
 def test_nan_loss_stops_with_stage_epoch_term_and_keeps_checkpoint(tmp_path, monkeypatch, tiny_config):
     trainer = TPSNetTrainer(tiny_config(tmp_path, "warmup.epochs=0"))
-    monkeypatch.setattr(trainer.losses.loss_funcs["prototype"], "forward", lambda *a, **k: torch.tensor(float("nan")))
+    monkeypatch.setattr(trainer.setup.losses.loss_funcs["prototype"], "forward",
+                        lambda *a, **k: torch.tensor(float("nan")))
     with pytest.raises(NonFiniteLossError, match=r"'prototype'.*stage 'synergy', epoch 0"):
         trainer.fit()
     latest = (tmp_path / "run" / "checkpoints" / "latest").read_text()
@@ -135,9 +136,9 @@ def test_two_processes_gather_each_image_once_and_match_one_process_evaluation(t
     trainer = TPSNetTrainer(tiny_config(tmp_path, *extra))
     trainer.model.load_state_dict(load_file(str(tmp_path / "run" / "model" / "model.safetensors")))
     trainer.state.stage = "done"
-    embeddings = trainer.embed()
+    embeddings = trainer.embedder()
     assert len(embeddings) == 2 * 97
-    results = trainer.evaluate(embeddings)
+    results = trainer.evaluator.evaluate(embeddings)
     for direction, metrics in summary["last"].items():
         for name, value in metrics.items():
             assert results[direction][name] == pytest.approx(value, abs=1e-3), (direction, name)
@@ -152,8 +153,8 @@ def test_compiled_phase_branch_under_accelerate_embeds_like_eager(tmp_path, tiny
     compiled = TPSNetTrainer(tiny_config(tmp_path / "compiled", "model.compile=default"))
     assert compiled.model.backbone.phase_branch_compiled and not eager.model.backbone.phase_branch_compiled
     assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
-    reference = eager.embed(synergy=False)
-    torch.testing.assert_close(compiled.embed(synergy=False), reference,
+    reference = eager.embedder(synergy=False)
+    torch.testing.assert_close(compiled.embedder(synergy=False), reference,
                                atol=1e-4 * float(reference.abs().max()), rtol=0)
     from tpsnet_plugin.training.checkpoint import SAFE_ON_RESUME
 

@@ -69,14 +69,14 @@ def train(tiny_config, tmp_path, seed=0):
     run, compute = stage.run, stage.compute_losses
     seen = {"batches": []}
 
-    def run_measuring_the_start(trainer):
+    def run_measuring_the_start(context):
         with torch.random.fork_rng():  # this extra embedding pass must not move the run's random streams
-            seen["start"] = mean_metrics(trainer.evaluate(trainer.embed()))["precision_at_1"]
-        return run(trainer)
+            seen["start"] = mean_metrics(trainer.evaluator.evaluate(trainer.embedder()))["precision_at_1"]
+        return run(context)
 
-    def compute_recording_labels(trainer, images, domains, index):
-        seen["batches"].append(trainer.state.labels[index].clone())
-        return compute(trainer, images, domains, index)
+    def compute_recording_labels(context, images, domains, index):
+        seen["batches"].append(context.state.labels[index].clone())
+        return compute(context, images, domains, index)
 
     stage.run, stage.compute_losses = run_measuring_the_start, compute_recording_labels
     summary = trainer.fit()

@@ -1,84 +1,96 @@
-"""What a stage and an end-of-epoch hook may use of the run: typed, so that a custom stage or hook
-knows its contract and a custom orchestrator knows what to provide.
+"""What a stage and an end-of-epoch hook may use of the run: the few parts they need, not the trainer.
 
-:class:`~tpsnet_plugin.training.TPSNetTrainer` provides both; stages and hooks use nothing else.
+:class:`~tpsnet_plugin.training.TPSNetTrainer` builds one :class:`StageContext` and one
+:class:`HookContext` from its parts; a custom stage or hook uses nothing else, and a custom
+orchestrator builds them from its own parts. True labels are in neither.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
+from ..models import TPSNet
+from ..text_prior import DomainPromptLearner
+from .batches import TrainingBatches
+from .checkpoint import RunCheckpoints
+from .loss_guard import LossGuard
 from .loss_terms import LossTable
+from .pseudo_labelling import PseudoLabelling
+from .reporting import RunRecords
+from .run_evaluation import Embedder, EpochEmbeddings, RunEvaluator
+from .setup import LearningRates
 from .state import TrainingState
 
 
-@runtime_checkable
-class StageContext(Protocol):
-    """The run as a stage sees it."""
+@dataclass
+class HookContext:
+    """The run as an end-of-epoch hook sees it.
 
-    config: Mapping[str, Any]
+    Attributes:
+        accelerator: Logging and printing.
+        state: Stage and epoch (``state.epoch`` epochs are complete), pseudo-labels.
+        epoch_embeddings: ``epoch_embeddings()``: this epoch's retrieval embedding, computed once.
+        labelling: Re-clustering and the prototypes.
+        evaluator: Retrieval quality (true labels) and the label-free score.
+        records: The run's history (``record_evaluation``).
+        checkpoints: The run's checkpoints.
+    """
+
     accelerator: Accelerator
-    device: torch.device
     state: TrainingState
-    dataset: Dataset
-    domains: torch.Tensor
-    num_clusters: int
-    num_workers: int
-    model: nn.Module
+    epoch_embeddings: EpochEmbeddings
+    labelling: PseudoLabelling
+    evaluator: RunEvaluator
+    records: RunRecords
+    checkpoints: RunCheckpoints
+
+    def save(self, tag: str) -> Path:
+        """Write a resumable checkpoint named ``tag`` at the current stage and epoch."""
+        return self.checkpoints.save(tag, self.state.stage, self.state.epoch)
+
+
+@dataclass
+class StageContext:
+    """The run as a stage sees it.
+
+    Attributes:
+        accelerator: Sharding, gradient accumulation, autocast, logging, printing.
+        state: Stage, epoch, pseudo-labels and confident-image mask (``labels``, ``keep_mask``).
+        batches: The training images: loaders, two augmented views, domains, C.
+        model: The TPSNet (``set_text_features`` installs the prompts).
+        stage_model: The wrapped model the optimizer trains (``synergy=False``: the backbone only).
+        optimizer: Its optimizer.
+        learning_rates: ``learning_rates(lr)`` / ``learning_rates()`` (back to the synergy rates).
+        losses: The synergy stage's loss table.
+        prompt_learner: The domain prompts on the frozen CLIP, or None without the text prior.
+        embed: Every image's embedding in dataset order (:class:`Embedder`).
+        labelling: Clustering into aligned pseudo-labels, re-pairing records, the prototypes.
+        check_finite: ``check_finite(terms, step)`` stops the run at a NaN/inf loss term.
+        progress: ``progress(iterable, desc)``: a progress bar that also checks for a stop signal.
+        hook_context: What the stage's end-of-epoch hooks receive.
+    """
+
+    accelerator: Accelerator
+    state: TrainingState
+    batches: TrainingBatches
+    model: TPSNet
     stage_model: nn.Module
     optimizer: torch.optim.Optimizer
+    learning_rates: LearningRates
     losses: LossTable
-    prompt_learner: nn.Module | None
+    prompt_learner: DomainPromptLearner | None
+    embed: Embedder
+    labelling: PseudoLabelling
+    check_finite: LossGuard
+    progress: Callable[[Iterable, str], Iterable]
+    hook_context: HookContext
 
-    def progress(self, iterable: Iterable, desc: str) -> Iterable: ...
-
-    def train_dataset(self) -> Dataset: ...
-
-    def shuffled_loader(self, batch_size: int, seed: int) -> DataLoader: ...
-
-    def views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def embed(self, synergy: bool = True, encoder: Any = None, desc: str = "embedding") -> torch.Tensor: ...
-
-    def clip_features(self, desc: str = "CLIP features") -> torch.Tensor: ...
-
-    def cluster(self, embeddings: torch.Tensor) -> dict[str, Any]: ...
-
-    def record_repair(self, epoch: int, before: torch.Tensor, after: torch.Tensor, total: bool = False) -> dict: ...
-
-    def init_prototypes(self, embeddings: torch.Tensor) -> None: ...
-
-    def sync_prototypes(self) -> None: ...
-
-    def set_learning_rates(self, lr: float | None = None) -> None: ...
-
-    def check_finite(self, terms: Mapping[str, torch.Tensor], step: int) -> None: ...
-
-
-@runtime_checkable
-class HookContext(Protocol):
-    """The run as an end-of-epoch hook sees it."""
-
-    accelerator: Accelerator
-    state: TrainingState
-
-    def epoch_embeddings(self) -> torch.Tensor: ...
-
-    def cluster(self, embeddings: torch.Tensor) -> dict[str, Any]: ...
-
-    def init_prototypes(self, embeddings: torch.Tensor) -> None: ...
-
-    def evaluate(self, embeddings: torch.Tensor | None = None) -> dict[str, dict[str, float]]: ...
-
-    def label_free_score(self, embeddings: torch.Tensor) -> float: ...
-
-    def record_evaluation(self, results: dict[str, dict[str, float]], label_free_score: float | None = None) -> None:
-        ...
-
-    def save(self, tag: str) -> Any: ...
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device

@@ -1,10 +1,10 @@
 """End-of-epoch hooks: what happens between synergy epochs (log, re-cluster, evaluate, checkpoint).
 
-Each hook is a callable ``hook(trainer, stage)`` (``trainer``: a
+Each hook is a callable ``hook(context, stage)`` (``context``: a
 :class:`~tpsnet_plugin.training.context.HookContext`) run after every epoch of a stage, in the
-spirit of pytorch-metric-learning's ``end_of_epoch_hook``. ``trainer.state.epoch`` is the number of epochs
-completed; ``stage.epochs`` the stage's length. Hooks that need embeddings share one embedding pass
-per epoch through ``trainer.epoch_embeddings()``.
+spirit of pytorch-metric-learning's ``end_of_epoch_hook``. ``context.state.epoch`` is the number of
+epochs completed; ``stage.epochs`` the stage's length. Hooks that need embeddings share one
+embedding pass per epoch through ``context.epoch_embeddings()``.
 """
 
 from __future__ import annotations
@@ -28,20 +28,20 @@ class EndOfEpochHook:
             return self.at_end
         return bool(self.every) and epoch % self.every == 0
 
-    def __call__(self, trainer: HookContext, stage: Any) -> None:
-        if self.due(trainer.state.epoch, stage.epochs):
-            self.run(trainer, stage)
+    def __call__(self, context: HookContext, stage: Any) -> None:
+        if self.due(context.state.epoch, stage.epochs):
+            self.run(context, stage)
 
-    def run(self, trainer: HookContext, stage: Any) -> None:
+    def run(self, context: HookContext, stage: Any) -> None:
         raise NotImplementedError
 
 
 class LoggingHook(EndOfEpochHook):
     """Log the epoch's mean loss terms to the trackers as ``<stage>/<term>``."""
 
-    def run(self, trainer: HookContext, stage) -> None:
+    def run(self, context: HookContext, stage) -> None:
         means = {f"{stage.name}/{name}": value for name, value in stage.epoch_losses.items()}
-        trainer.accelerator.log(means, step=trainer.state.epoch)
+        context.accelerator.log(means, step=context.state.epoch)
 
 
 class ReclusterHook(EndOfEpochHook):
@@ -53,22 +53,24 @@ class ReclusterHook(EndOfEpochHook):
     def __init__(self, every: int) -> None:
         super().__init__(every, at_end=False)
 
-    def run(self, trainer: HookContext, stage) -> None:
-        embeddings = trainer.epoch_embeddings()
-        trainer.cluster(embeddings)
-        trainer.init_prototypes(embeddings)
+    def run(self, context: HookContext, stage) -> None:
+        embeddings = context.epoch_embeddings()
+        context.labelling.cluster(embeddings)
+        context.labelling.init_prototypes(embeddings)
 
 
 class EvaluationHook(EndOfEpochHook):
     """Evaluate every ordered domain pair and record the result (always after the last epoch)."""
 
-    def run(self, trainer: HookContext, stage) -> None:
-        embeddings = trainer.epoch_embeddings()
-        trainer.record_evaluation(trainer.evaluate(embeddings), trainer.label_free_score(embeddings))
+    def run(self, context: HookContext, stage) -> None:
+        embeddings = context.epoch_embeddings()
+        evaluator = context.evaluator
+        context.records.record_evaluation(evaluator.evaluate(embeddings),
+                                          evaluator.label_free_score(embeddings, context.state.labels))
 
 
 class CheckpointHook(EndOfEpochHook):
     """Save a resumable checkpoint named ``<stage>-epochNNN`` (always after the last epoch)."""
 
-    def run(self, trainer: HookContext, stage) -> None:
-        trainer.save(f"{stage.name}-epoch{trainer.state.epoch:03d}")
+    def run(self, context: HookContext, stage) -> None:
+        context.save(f"{stage.name}-epoch{context.state.epoch:03d}")

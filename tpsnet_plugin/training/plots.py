@@ -84,17 +84,25 @@ def tsne_plot(
     plt.close(figure)
 
 
-def save_run_plots(trainer, embeddings: torch.Tensor, queries: int = 8, topk: int = 8) -> list[Path]:
-    """Write ``retrieval_<A>_to_<B>.png`` for every direction and ``tsne.png`` into the run's output dir."""
-    features = trainer.retrieval_features(embeddings)
-    domains = trainer.domains.numpy()
-    labels = trainer.true_labels
-    rng = np.random.default_rng(int(trainer.config["seed"]))
-    out = Path(trainer.output_dir)
+def save_run_plots(features: torch.Tensor, data, output_dir: str | Path, seed: int = 0, tsne_max_points: int = 2000,
+                   queries: int = 8, topk: int = 8) -> list[Path]:
+    """Write ``retrieval_<A>_to_<B>.png`` for every direction (with cached images) and ``tsne.png``.
+
+    Args:
+        features: The retrieval features of every image (N×e, dataset order, L2-normalised).
+        data: The run's :class:`~tpsnet_plugin.training.builder.RunData` (domains, true labels, images, names).
+        output_dir: Where the images go.
+        seed: Seed of the query and t-SNE samples.
+        tsne_max_points: Most points in the t-SNE (``eval.tsne_max_points``).
+        queries: Queries per retrieval grid.
+        topk: Retrieved images per query.
+    """
+    domains, labels, images = data.domains.numpy(), data.true_labels, data.images
+    rng = np.random.default_rng(seed)
+    out = Path(output_dir)
     written = []
-    images = trainer.images
-    for a, name_a in enumerate(trainer.domain_names):
-        for b, name_b in enumerate(trainer.domain_names):
+    for a, name_a in enumerate(data.domain_names):
+        for b, name_b in enumerate(data.domain_names):
             if a == b or images is None:
                 continue
             query_index = rng.choice(np.flatnonzero(domains == a), size=queries, replace=False)
@@ -108,8 +116,7 @@ def save_run_plots(trainer, embeddings: torch.Tensor, queries: int = 8, topk: in
                 title=f"{name_a} -> {name_b} (green: same class)",
             )
             written.append(path)
-    limit = int(trainer.config["eval"]["tsne_max_points"])
-    chosen = rng.choice(len(features), size=min(limit, len(features)), replace=False)
-    tsne_plot(features[chosen].numpy(), labels[chosen], domains[chosen], trainer.domain_names, out / "tsne.png")
+    chosen = rng.choice(len(features), size=min(tsne_max_points, len(features)), replace=False)
+    tsne_plot(features[chosen].numpy(), labels[chosen], domains[chosen], data.domain_names, out / "tsne.png")
     written.append(out / "tsne.png")
     return written

@@ -35,6 +35,16 @@ def progress(iterable: Iterable[T], desc: str, enabled: bool = True, stream=None
     return _summarised(tqdm(iterable, disable=True), desc, stream)
 
 
+def stoppable_progress(iterable: Iterable[T], desc: str, enabled: bool = True) -> Iterator[T]:
+    """:func:`progress` for the training loops: every step first checks for a stop signal (SIGINT/SIGTERM),
+    so a signal that lands while a DataLoader worker starts is never lost."""
+    from .run_dir import raise_if_stopped
+
+    for item in progress(iterable, desc, enabled=enabled):
+        raise_if_stopped()
+        yield item
+
+
 def _summarised(iterable: Iterable[T], desc: str, stream) -> Iterator[T]:
     start, steps = time.perf_counter(), 0
     for item in iterable:

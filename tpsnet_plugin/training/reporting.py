@@ -7,9 +7,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate import Accelerator
+
 from ..evaluation import format_table, mean_metrics
 from ..models.pretrained import save_config
 from ..utils.io import atomic_write_text
+from .state import TrainingState
 
 
 def write_records(output_dir: str | Path, history: Sequence[Mapping[str, Any]]) -> None:
@@ -41,6 +45,61 @@ def write_records(output_dir: str | Path, history: Sequence[Mapping[str, Any]]) 
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, lines in (("metrics.jsonl", evaluations), ("clustering.jsonl", clusterings)):
         atomic_write_text(output_dir / name, "".join(line + "\n" for line in lines))
+
+
+class RunRecords:
+    """The run's history of clusterings, re-pairings and evaluations, kept in ``state.history`` and written to
+    ``metrics.jsonl`` / ``clustering.jsonl`` after each record (main process), logged and printed.
+
+    Args:
+        state: The run's state (its ``history`` is checkpointed with it).
+        accelerator: The run's accelerator (main process, trackers, printing).
+        output_dir: The run's folder.
+    """
+
+    def __init__(self, state: TrainingState, accelerator: Accelerator, output_dir: str | Path) -> None:
+        self.state, self.accelerator, self.output_dir = state, accelerator, Path(output_dir)
+
+    def record(self, record: Mapping[str, Any]) -> None:
+        """Append a record to the history and rewrite the records files."""
+        self.state.history.append(dict(record))
+        if self.accelerator.is_main_process:
+            write_records(self.output_dir, self.state.history)
+
+    @property
+    def last_nmi(self) -> float | None:
+        """NMI of the latest pseudo-labels with the true classes (diagnostics only)."""
+        clusterings = [r for r in self.state.history if "clustering" in r]
+        return clusterings[-1]["clustering"]["nmi"] if clusterings else None
+
+    def record_evaluation(self, results: dict[str, dict[str, float]], label_free_score: float | None = None) -> None:
+        """Record an evaluation at the current stage and epoch, log its means to the trackers and print them."""
+        state = self.state
+        self.record({"stage": state.stage, "epoch": state.epoch, "pseudo_label_nmi": self.last_nmi,
+                     "label_free_score": label_free_score, "results": results})
+        mean = mean_metrics(results)
+        self.accelerator.log({f"eval/{k}": v for k, v in mean.items()}, step=state.epoch)
+        self.accelerator.print(f"[{state.stage} epoch {state.epoch}] "
+                               + ", ".join(f"{k}={v:.2f}" for k, v in mean.items()))
+
+    def record_starting_points(self, evaluator: Any) -> None:
+        """Evaluate every starting point of the run (:class:`~tpsnet_plugin.training.run_evaluation.RunEvaluator`)
+        before any training, once per run (a resumed run has them)."""
+        if any("baseline" in record for record in self.state.history):
+            return
+        # The starting points draw no random numbers from the run's streams: training is the same with or without.
+        device = self.accelerator.device
+        devices = [device] if device.type == "cuda" else []
+        for kind in evaluator.starting_point_kinds():
+            with torch.random.fork_rng(devices=devices):
+                baseline = evaluator.baseline(kind)
+            self.state.history.append({"stage": "baseline", "epoch": 0, "baseline": baseline})
+            mean = mean_metrics(baseline["results"])
+            note = " (uses class names)" if baseline.get("uses_class_names") else ""
+            self.accelerator.print(f"[starting point: {kind.replace('_', ' ')}{note}] "
+                                   + ", ".join(f"{k}={v:.2f}" for k, v in mean.items()))
+        if self.accelerator.is_main_process:
+            write_records(self.output_dir, self.state.history)
 
 
 LABEL_FREE_CRITERION = (

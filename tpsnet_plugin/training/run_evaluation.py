@@ -24,6 +24,7 @@ from ..evaluation.baseline import raw_pixel_features
 from ..text_prior.domain_prompt_learner import encode_clip_images
 from ..text_prior.zero_shot import zero_shot_probabilities
 from .data import images_as_float
+from .state import TrainingState
 
 
 class Embedder:
@@ -84,6 +85,27 @@ class Embedder:
         if self.accelerator.num_processes > 1:
             for buffer in model.buffers():
                 torch.distributed.broadcast(buffer.data, src=0)
+
+
+class EpochEmbeddings:
+    """``epoch_embeddings()``: the retrieval embedding of every image at the run's current stage and epoch,
+    computed once however many hooks ask for it (the backbone's fused feature before the synergy stage).
+
+    Args:
+        embed: The run's :class:`Embedder`.
+        state: The run's state (stage and epoch).
+    """
+
+    def __init__(self, embed: Embedder, state: TrainingState) -> None:
+        self.embed, self.state = embed, state
+        self._cached: tuple[tuple[str, int], torch.Tensor] | None = None
+
+    def __call__(self) -> torch.Tensor:
+        stage = "synergy" if self.state.stage == "done" else self.state.stage
+        key = (stage, self.state.epoch)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self.embed(synergy=stage == "synergy"))
+        return self._cached[1]
 
 
 class RunEvaluator:

@@ -82,3 +82,20 @@ def build_optimizer(model: nn.Module, synergy_config: Mapping[str, Any]) -> torc
 def _is_pretrained_part(name: str) -> bool:
     # The timm networks get the backbone learning rate; projections, fusion and synergy are new heads.
     return ".rgb_model." in f".{name}" or ".phase_model." in f".{name}"
+
+
+class LearningRates:
+    """``rates(lr)`` sets every parameter group to ``lr``; ``rates()`` restores the ``synergy`` section's rates.
+
+    Args:
+        optimizer: The optimizer of :func:`build_optimizer` (groups named ``backbone`` and ``heads``).
+        synergy_config: The ``synergy`` section (``lr_backbone``, ``lr_head``).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, synergy_config: Mapping[str, Any]) -> None:
+        self.optimizer, self.synergy_config = optimizer, synergy_config
+
+    def __call__(self, lr: float | None = None) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr if lr is not None else self.synergy_config[
+                "lr_backbone" if group["name"] == "backbone" else "lr_head"]

@@ -1,26 +1,27 @@
-"""The stages of TPSNet training, each an object with one contract: ``run(trainer)``, where the
-trainer is a :class:`~tpsnet_plugin.training.context.StageContext` (what a stage may use).
+"""The stages of TPSNet training, each an object with one contract: ``run(context)``, where the
+context is a :class:`~tpsnet_plugin.training.context.StageContext` (what a stage may use).
 
-A stage continues from ``trainer.state.epoch`` (0 on a fresh start, later after ``--resume``) and
-returns when it is complete; the trainer then advances ``trainer.state`` to the next stage and
-checkpoints. Stages hold their own options; the trainer holds what they share (model, optimizer,
-data, pseudo-labels, accelerator).
+A stage continues from ``context.state.epoch`` (0 on a fresh start, later after ``--resume``) and
+returns when it is complete; the context then advances the state to the next stage and
+checkpoints. Stages hold their own options; the context holds what they share (model, optimizer,
+batches, pseudo-labels, accelerator).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import broadcast
-from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
 from ..losses import InstanceContrastiveLoss, PromptContrastiveLoss
 from ..samplers import PseudoLabelSampler
+from ..text_prior.domain_prompt_learner import encode_clip_images
 from ..text_prior.relabel import relabel_with_prompts
 from ..utils import encode_domain_labels
 from .context import StageContext
@@ -35,18 +36,18 @@ def resolve_epochs(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
     return max(epochs, math.ceil(min_steps / steps_per_epoch))
 
 
-def announce_epochs(trainer: StageContext, section: str, configured: int, epochs: int, min_steps: int,
+def announce_epochs(context: StageContext, section: str, configured: int, epochs: int, min_steps: int,
                     steps: int) -> None:
     """Say how many epochs a stage runs when ``min_steps`` raised ``epochs`` (a large value is seen at once)."""
     if epochs > configured:
-        trainer.accelerator.print(
+        context.accelerator.print(
             f"{section}: {epochs} epochs instead of {section}.epochs={configured}, to make {section}.min_steps="
             f"{min_steps} optimizer steps at {steps} steps per epoch"
         )
 
 
-def _require_labels(trainer: StageContext, stage: str) -> None:
-    if trainer.state.labels is None:
+def _require_labels(context: StageContext, stage: str) -> None:
+    if context.state.labels is None:
         raise RuntimeError(f"The {stage} stage needs pseudo-labels: run a ClusteringStage before it")
 
 
@@ -61,7 +62,7 @@ class Stage:
     name = "stage"
     epochs = 0
 
-    def run(self, trainer: StageContext) -> None:
+    def run(self, context: StageContext) -> None:
         raise NotImplementedError
 
 
@@ -93,40 +94,40 @@ class WarmupStage(Stage):
     def from_config(cls, config: Mapping[str, Any]) -> WarmupStage:
         return cls(**config)
 
-    def run(self, trainer: StageContext) -> None:
+    def run(self, context: StageContext) -> None:
         if self.epochs == 0:
             return
         # full batches only (drop_last), split over the processes
-        steps = len(trainer.dataset) // self.batch_size // trainer.accelerator.num_processes
+        steps = len(context.batches) // self.batch_size // context.accelerator.num_processes
         configured, self.epochs = self.epochs, resolve_epochs(self.epochs, self.min_steps, steps)
-        if trainer.state.epoch >= self.epochs:
+        if context.state.epoch >= self.epochs:
             return
-        announce_epochs(trainer, "warmup", configured, self.epochs, self.min_steps, steps)
-        trainer.set_learning_rates(self.lr)
-        acc = trainer.accelerator
-        while trainer.state.epoch < self.epochs:
-            loader = trainer.shuffled_loader(self.batch_size, seed=trainer.state.epoch)
+        announce_epochs(context, "warmup", configured, self.epochs, self.min_steps, steps)
+        context.learning_rates(self.lr)
+        acc = context.accelerator
+        while context.state.epoch < self.epochs:
+            loader = context.batches.shuffled_loader(self.batch_size, epoch=context.state.epoch)
             if len(loader) == 0:
                 raise ConfigError(
-                    f"warmup.batch_size={self.batch_size} leaves no full batch for {len(trainer.dataset)} images on "
+                    f"warmup.batch_size={self.batch_size} leaves no full batch for {len(context.batches)} images on "
                     f"{acc.num_processes} process(es): lower warmup.batch_size"
                 )
-            batches = trainer.progress(loader, f"warm-up epoch {trainer.state.epoch + 1}/{self.epochs}")
+            batches = context.progress(loader, f"warm-up epoch {context.state.epoch + 1}/{self.epochs}")
             for step, (images, domains, _) in enumerate(batches):
-                with acc.accumulate(trainer.stage_model):
-                    v1, v2 = trainer.views(images)
-                    domains = domains.to(trainer.device)
+                with acc.accumulate(context.stage_model):
+                    v1, v2 = context.batches.views(images)
+                    domains = domains.to(context.device)
                     with acc.autocast():
-                        e1 = trainer.stage_model(v1, domains, synergy=False)["embedding"]
-                        e2 = trainer.stage_model(v2, domains, synergy=False)["embedding"]
+                        e1 = context.stage_model(v1, domains, synergy=False)["embedding"]
+                        e2 = context.stage_model(v2, domains, synergy=False)["embedding"]
                     loss = self.loss_fn(e1.float(), domains, ref_emb=e2.float())
-                    trainer.check_finite({"instance": loss}, step)
+                    context.check_finite({"instance": loss}, step)
                     acc.backward(loss)
-                    trainer.optimizer.step()
-                    trainer.optimizer.zero_grad()
-            trainer.state.epoch += 1
-            acc.log({"warmup/instance": loss.item()}, step=trainer.state.epoch)
-        trainer.set_learning_rates()
+                    context.optimizer.step()
+                    context.optimizer.zero_grad()
+            context.state.epoch += 1
+            acc.log({"warmup/instance": loss.item()}, step=context.state.epoch)
+        context.learning_rates()
 
 
 class ClusteringStage(Stage):
@@ -134,8 +135,8 @@ class ClusteringStage(Stage):
 
     name = "cluster"
 
-    def run(self, trainer: StageContext) -> None:
-        trainer.cluster(trainer.embed(synergy=False))
+    def run(self, context: StageContext) -> None:
+        context.labelling.cluster(context.embed(synergy=False))
 
 
 class PromptStage(Stage):
@@ -162,36 +163,37 @@ class PromptStage(Stage):
     def from_config(cls, config: Mapping[str, Any]) -> PromptStage:
         return cls(**config)
 
-    def run(self, trainer: StageContext) -> None:
-        _require_labels(trainer, self.name)
-        learner, device = trainer.prompt_learner, trainer.device
+    def run(self, context: StageContext) -> None:
+        _require_labels(context, self.name)
+        learner, device = context.prompt_learner, context.device
         # computed again, not cached from the zero-shot starting point: each pass over the loader draws from
         # the global RNG stream, so skipping one would change every run's training
-        clip_features = F.normalize(trainer.clip_features(), dim=-1).to(device)
-        domains = trainer.domains.to(device)
-        labels = trainer.state.labels.to(device)
+        clip_features = context.embed(encoder=partial(encode_clip_images, learner.clip), desc="CLIP features")
+        clip_features = F.normalize(clip_features, dim=-1).to(device)
+        domains = context.batches.domains.to(device)
+        labels = context.state.labels.to(device)
         initial = labels.clone()
         loss_fn = PromptContrastiveLoss(logit_scale=learner.logit_scale)
         optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=self.lr)
-        generator = torch.Generator().manual_seed(int(trainer.config["seed"]))
-        for epoch in trainer.progress(range(self.epochs), "prompts (epochs)"):
-            combined = encode_domain_labels(domains, labels, trainer.num_clusters)
-            self.train_epoch(learner, loss_fn, optimizer, clip_features, combined, generator, trainer.check_finite)
+        generator = torch.Generator().manual_seed(context.batches.seed)
+        for epoch in context.progress(range(self.epochs), "prompts (epochs)"):
+            combined = encode_domain_labels(domains, labels, context.batches.num_clusters)
+            self.train_epoch(learner, loss_fn, optimizer, clip_features, combined, generator, context.check_finite)
             if self.repair_every and (epoch + 1) % self.repair_every == 0:
                 with torch.no_grad():
                     repaired = relabel_with_prompts(
                         clip_features, F.normalize(learner().float(), dim=-1), domains, labels,
                         learner.logit_scale, self.repair_threshold,
                     )
-                trainer.record_repair(epoch + 1, labels.cpu(), repaired.cpu())
+                context.labelling.record_repair(epoch + 1, labels.cpu(), repaired.cpu())
                 labels = repaired
         with torch.no_grad():
             text_features = F.normalize(learner().float(), dim=-1)
         # The prompts stage runs identically on every process; rank 0's result is authoritative.
         if self.repair_every and self.epochs >= self.repair_every:
-            trainer.record_repair(self.epochs, initial.cpu(), labels.cpu(), total=True)
-        trainer.model.set_text_features(broadcast(text_features.contiguous(), from_process=0))
-        trainer.state.labels = broadcast(labels, from_process=0).cpu()
+            context.labelling.record_repair(self.epochs, initial.cpu(), labels.cpu(), total=True)
+        context.model.set_text_features(broadcast(text_features.contiguous(), from_process=0))
+        context.state.labels = broadcast(labels, from_process=0).cpu()
 
     def train_epoch(
         self, learner, loss_fn, optimizer, clip_features, combined, generator, check_finite=None,
@@ -262,62 +264,61 @@ class SynergyStage(Stage):
         """The epochs the stage runs: ``epochs``, or more to reach ``min_steps``."""
         return resolve_epochs(self.epochs, self.min_steps, self.steps_per_epoch(num_images, num_processes))
 
-    def run(self, trainer: StageContext) -> None:
-        _require_labels(trainer, self.name)
-        steps = self.steps_per_epoch(len(trainer.dataset), trainer.accelerator.num_processes)
+    def run(self, context: StageContext) -> None:
+        _require_labels(context, self.name)
+        steps = self.steps_per_epoch(len(context.batches), context.accelerator.num_processes)
         configured, self.epochs = self.epochs, resolve_epochs(self.epochs, self.min_steps, steps)
-        if trainer.state.epoch < self.epochs:
-            announce_epochs(trainer, "synergy", configured, self.epochs, self.min_steps, steps)
-        state = trainer.state
+        if context.state.epoch < self.epochs:
+            announce_epochs(context, "synergy", configured, self.epochs, self.min_steps, steps)
+        state = context.state
         if state.epoch == 0:
-            trainer.init_prototypes(trainer.embed())
-        sampler = self.sampler(trainer)
-        trainer.stage_model.train()
-        for loss in trainer.losses.loss_funcs.values():
+            context.labelling.init_prototypes(context.embed())
+        sampler = self.sampler(context)
+        context.stage_model.train()
+        for loss in context.losses.loss_funcs.values():
             loss.train()
         while state.epoch < self.epochs:
-            self.epoch_losses = self.train_epoch(trainer, sampler)
+            self.epoch_losses = self.train_epoch(context, sampler)
             state.epoch += 1
-            trainer.sync_prototypes()
+            context.labelling.sync_prototypes()
             for hook in self.hooks:
-                hook(trainer, self)
+                hook(context.hook_context, self)
 
-    def sampler(self, trainer: StageContext) -> PseudoLabelSampler:
-        """The batch sampler of this stage, sharded over the trainer's processes."""
+    def sampler(self, context: StageContext) -> PseudoLabelSampler:
+        """The batch sampler of this stage, sharded over the context's processes."""
         return PseudoLabelSampler(
-            trainer.state.labels.numpy(), trainer.domains.numpy(), batch_size=self.batch_size, m=self.m_per_cluster,
-            seed=int(trainer.config["seed"]),
-            num_replicas=trainer.accelerator.num_processes, rank=trainer.accelerator.process_index,
+            context.state.labels.numpy(), context.batches.domains.numpy(), batch_size=self.batch_size,
+            m=self.m_per_cluster, seed=context.batches.seed,
+            num_replicas=context.accelerator.num_processes, rank=context.accelerator.process_index,
         )
 
-    def train_epoch(self, trainer: StageContext, sampler: PseudoLabelSampler) -> dict[str, float]:
+    def train_epoch(self, context: StageContext, sampler: PseudoLabelSampler) -> dict[str, float]:
         """One epoch; returns the mean of each loss term."""
-        acc = trainer.accelerator
-        sampler.set_labels(trainer.state.labels.numpy())
-        sampler.set_epoch(trainer.state.epoch)
-        # The sampler shards by rank itself, so this loader does not go through accelerator.prepare.
-        loader = DataLoader(trainer.train_dataset(), batch_sampler=sampler, num_workers=trainer.num_workers)
+        acc = context.accelerator
+        sampler.set_labels(context.state.labels.numpy())
+        sampler.set_epoch(context.state.epoch)
+        loader = context.batches.sampled_loader(sampler)
         totals: dict[str, float] = {}
         steps = 0
-        batches = trainer.progress(loader, f"synergy epoch {trainer.state.epoch + 1}/{self.epochs}")
+        batches = context.progress(loader, f"synergy epoch {context.state.epoch + 1}/{self.epochs}")
         for step, (images, domains, index) in enumerate(batches):
-            with acc.accumulate(trainer.stage_model):
-                terms = self.compute_losses(trainer, images, domains.to(trainer.device), index)
-                trainer.check_finite(terms, step)
-                acc.backward(trainer.losses.total(terms))
-                trainer.optimizer.step()
-                trainer.optimizer.zero_grad()
+            with acc.accumulate(context.stage_model):
+                terms = self.compute_losses(context, images, domains.to(context.device), index)
+                context.check_finite(terms, step)
+                acc.backward(context.losses.total(terms))
+                context.optimizer.step()
+                context.optimizer.zero_grad()
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.item()
             steps += 1
         return {name: total / max(1, steps) for name, total in totals.items()}
 
-    def compute_losses(self, trainer: StageContext, images, domains, index) -> dict[str, torch.Tensor]:
+    def compute_losses(self, context: StageContext, images, domains, index) -> dict[str, torch.Tensor]:
         """Every loss term of one batch, keyed by name (unweighted)."""
-        v1, v2 = trainer.views(images)
-        with trainer.accelerator.autocast():
-            e1 = trainer.stage_model(v1, domains)["embedding"].float()
-            e2 = trainer.stage_model(v2, domains)["embedding"].float()
-        batch = SynergyBatch(e1, e2, domains, trainer.state.labels[index].to(trainer.device),
-                             trainer.state.keep_mask[index].to(trainer.device), trainer.num_clusters)
-        return trainer.losses.compute(batch)
+        v1, v2 = context.batches.views(images)
+        with context.accelerator.autocast():
+            e1 = context.stage_model(v1, domains)["embedding"].float()
+            e2 = context.stage_model(v2, domains)["embedding"].float()
+        batch = SynergyBatch(e1, e2, domains, context.state.labels[index].to(context.device),
+                             context.state.keep_mask[index].to(context.device), context.batches.num_clusters)
+        return context.losses.compute(batch)
