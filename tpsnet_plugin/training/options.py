@@ -49,8 +49,14 @@ class Option:
     resume_safe: bool = False
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (YAML's true/false are bools)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 opt = Option
@@ -79,7 +85,7 @@ OPTIONS: dict[str, Any] = {
                       choices=("raise", "skip")),
         "image_size": opt(32, "images are resized to image_size x image_size, RGB; auto = fit the data (median side, "
                         "16-96), or the CLIP tower's size with model.rgb_from_clip",
-                        check=lambda v: v == "auto" or (_is_int(v) and v >= 8),
+                        check=lambda v: v == "auto" or (is_int(v) and v >= 8),
                         accepts='an image side in pixels >= 8, or "auto" (fit the data)'),
         "num_clusters": opt(None, "C; null = the number of classes found (UCDIR assumes C is known); >= 2",
                           nullable=int, low=2),
@@ -138,7 +144,7 @@ OPTIONS: dict[str, Any] = {
         "nredo": opt(5, low=1),
         "center_per_domain": opt(True, "cluster on per-domain mean-centred features"),
         "anchor": opt("smallest", "cluster this domain first and initialise the others from it: smallest | <domain "
-                    "index> | null", check=lambda v: v is None or v == "smallest" or (_is_int(v) and v >= 0),
+                    "index> | null", check=lambda v: v is None or v == "smallest" or (is_int(v) and v >= 0),
                     accepts='"smallest", a domain index >= 0 or null'),
         "warm_start": opt(True, "initialise re-clusterings from the previous aligned centroids (stable ids)"),
         "alignment": opt("consensus", "align cluster ids across domains: consensus (each domain vs the mean of the "
