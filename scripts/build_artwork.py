@@ -90,6 +90,8 @@ from PIL import Image
 
 from scripts import build_icons, debian_packages
 from scripts.icons import candidates as icon_candidates
+from scripts.icons.convert import write_png
+from scripts.icons.fetch import renderer_version
 from tpsnet_plugin.data.icons import (
     IMAGES_DIR,
     MANIFEST,
@@ -210,7 +212,6 @@ BROKEN_FILES: dict[str, frozenset[str]] = {
                              | {f"people/stylized_yoga_person_ger_0{i}" for i in range(1, 7)}),
     "tuxpaint": frozenset(),
 }
-PNG_COMPRESS_LEVEL = build_icons.PNG_COMPRESS_LEVEL
 
 # The variant suffix: "_01" to "_09" (optionally with a letter: "_01r"), "_r" or a bare "_". Higher
 # numbers stay in the caption (so its image is left out as a digit): "_10" is also a card's rank.
@@ -585,11 +586,6 @@ def _render(item: ArtworkItem, size: int, renderer) -> tuple[Image.Image, int]:
         raise SkipImage("unreadable") from error
 
 
-def _write_png(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
-
-
 @dataclass
 class BuildResult:
     """What :func:`build_corpus` wrote.
@@ -672,7 +668,7 @@ def build_corpus(package_roots: dict[str, Path], out: Path, holdout: tuple[np.nd
         if match is not None and (result.closest_kept is None or match[2] > result.closest_kept[2]):
             result.closest_kept = match
         rel = f"{IMAGES_DIR}/{item.theme}/{item.name}.png"
-        _write_png(image, out / rel)
+        write_png(image, out / rel)
         result.rows.append({"path": rel, "theme": item.theme, "name": item.name, "caption": item.caption,
                             "source_size": str(source_size), "split": "train", "source": item.source})
     result.rows.sort(key=lambda row: (row["theme"], row["name"]))
@@ -847,13 +843,6 @@ the same package versions and the same icon corpus.
     Path(path).write_text(text)
 
 
-def _renderer_version(renderer: Path | None) -> str:
-    if renderer is None:
-        return "none"
-    result = subprocess.run([str(renderer), "--version"], check=True, capture_output=True, text=True)
-    return result.stdout.strip()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Fetch the packages, build the corpus into ``--cache-dir`` and print a summary."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -887,7 +876,7 @@ def main(argv: list[str] | None = None) -> None:
         command += f" --size {args.size}"
     if args.no_svg:
         command += " --no-svg"
-    write_provenance(cache / PROVENANCE, result, packages, args.size, _renderer_version(renderer),
+    write_provenance(cache / PROVENANCE, result, packages, args.size, renderer_version(renderer),
                      args.icons_dir.expanduser(), command)
     write_marker(cache, result, args.size)
     print(json.dumps({"images": len(result.rows),
