@@ -6,6 +6,7 @@ domains and clusters, the resolved training image size, the domain and class nam
 normalisation the backbone applies to images in [0, 1]::
 
     model = TPSNet.from_pretrained("outputs/digits/model")
+    model = TPSNet.from_pretrained("owner/name")  # a Hugging Face Hub model repo with the same two files
 
 Folders written before ``config.json`` existed (``model_meta.json`` beside the weights and the
 run's ``config.yaml`` one level up) are read too.
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from ..errors import ConfigError, TPSNetError, WeightsFileError, first_line
+from ..errors import ConfigError, TPSNetError, WeightsDownloadError, WeightsFileError, first_line
 from ..utils.io import atomic_write_text
 
 MODEL_CONFIG_FILE = "config.json"
@@ -77,6 +78,29 @@ def _read_config_and_source(folder: Path) -> tuple[dict[str, Any], str]:
         raise WeightsFileError(f"{path} is damaged (no model section); copy the model folder again")
     _check_sizes(config, path)
     return config, str(path)
+
+
+def resolve_pretrained(name_or_folder: str | Path, revision: str | None = None) -> Path:
+    """The local folder of a trained model: ``name_or_folder`` (a run's output dir gives its ``model/``), or,
+    when no such folder exists, the Hugging Face Hub model repo of that id downloaded into the Hub cache.
+
+    Raises:
+        WeightsDownloadError: No folder of that name, and no Hub repo could be fetched (offline, unknown id).
+    """
+    folder = Path(name_or_folder).expanduser()
+    if folder.exists():
+        return folder / "model" if not (folder / WEIGHTS_FILE).is_file() and (folder / "model").is_dir() else folder
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_folder), revision=revision,
+                                      allow_patterns=[WEIGHTS_FILE, MODEL_CONFIG_FILE]))
+    except Exception as error:  # invalid id, unknown repo, no network, HF_HUB_OFFLINE without a cached copy
+        raise WeightsDownloadError(
+            f"{name_or_folder} is neither a folder here nor a Hugging Face Hub model that could be fetched "
+            f"({type(error).__name__}: {first_line(error)}); give a run's model/ folder, or a Hub repo id "
+            "('owner/name') with the network on (HF_HUB_OFFLINE=1 reads only models already in the Hub cache)"
+        ) from None
 
 
 def load_pretrained(folder: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:

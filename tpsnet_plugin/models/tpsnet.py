@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,22 +68,25 @@ class TPSNet(nn.Module):
             self.set_text_features(text_features)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> TPSNet:
-        """The trained TPSNet saved in ``folder`` (a run's ``model/``), built from its ``config.json``.
+    def from_pretrained(cls, name_or_folder: str | os.PathLike, revision: str | None = None) -> TPSNet:
+        """The trained TPSNet saved in a folder or a Hugging Face Hub model repo, built from its ``config.json``.
 
         Args:
-            folder: Holds ``model.safetensors`` and ``config.json`` (see
-                :mod:`tpsnet_plugin.models.pretrained`); a run's output dir works too.
+            name_or_folder: A folder holding ``model.safetensors`` and ``config.json`` (see
+                :mod:`tpsnet_plugin.models.pretrained`; a run's ``model/`` or its output dir), or
+                the id of a Hub model repo holding those two files (``owner/name``; publish a run's
+                ``model/`` folder with ``huggingface_hub.upload_folder``).
+            revision: The Hub revision (branch, tag or commit); None = the default branch.
 
         Returns:
             The model in eval mode; its config (image size, names, normalisation) is in ``model.config``.
-        """
-        from .pretrained import load_pretrained
 
-        folder = Path(folder)
-        if not (folder / "model.safetensors").is_file() and (folder / "model").is_dir():
-            folder = folder / "model"  # a run's output dir
-        model, config = load_pretrained(folder)
+        Raises:
+            WeightsDownloadError: Neither a folder here nor a Hub model that could be fetched.
+        """
+        from .pretrained import load_pretrained, resolve_pretrained
+
+        model, config = load_pretrained(resolve_pretrained(name_or_folder, revision))
         model.config = config
         return model
 
