@@ -114,3 +114,13 @@ def test_the_terms_gradients_are_bitwise_those_of_one_shared_graph():
     ours = grads(lambda e1, e2: table.compute(SynergyBatch(e1, e2, domains, clusters, keep, num_clusters)))
     expected = grads(reference)
     assert all(torch.equal(a, b) for a, b in zip(ours, expected))
+
+
+def test_each_registered_term_declares_its_weight_option():
+    from tpsnet_plugin.training import options
+
+    weights = options.OPTIONS["synergy"]["loss_weights"]
+    assert list(weights) == list(LOSS_TERMS)
+    assert {name: option.default for name, option in weights.items()} == {
+        name: term.default_weight for name, term in LOSS_TERMS.items()}
+    assert all(option.help == term.help and term.help for option, term in zip(weights.values(), LOSS_TERMS.values()))

@@ -3,7 +3,8 @@
 A term declares what it reads of a :class:`SynergyBatch` (the two views' embeddings, domains,
 pseudo-labels, the confident-sample mask) and returns one loss tensor; the stage adds the terms
 with ``synergy.loss_weights.<name>``. A new term is one class here, registered in
-:data:`LOSS_TERMS`, and a default weight in ``default_config.yaml``.
+:data:`LOSS_TERMS`: its ``default_weight`` and ``help`` become the option
+``synergy.loss_weights.<name>``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class LossTerm:
     """
 
     name: ClassVar[str]
+    default_weight: ClassVar[float] = 1.0  # the default of synergy.loss_weights.<name>
+    help: ClassVar[str] = ""  # its line in default_config.yaml
     uses_text_prior: ClassVar[bool] = False  # not built without prompts
 
     def __init__(self, loss: nn.Module, miner: Any = None) -> None:
@@ -85,6 +88,7 @@ class PrototypeTerm(LossTerm):
     """Cross-entropy of both views' confident images against the shared momentum prototypes."""
 
     name = "prototype"
+    help = "L_pce, prototype cross-entropy over shared prototypes"
 
     @classmethod
     def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes,
@@ -101,6 +105,7 @@ class ImageTextTerm(LossTerm):
     """Label-smoothed cross-entropy of both views' confident images against their domain's prompts."""
 
     name = "image_text"
+    help = "L_i2tce, image-to-text cross-entropy; ignored without the text prior"
     uses_text_prior = True
 
     @classmethod
@@ -118,6 +123,7 @@ class InstanceTerm(LossTerm):
     """NT-Xent between the two views of each image (negatives from its own domain by default)."""
 
     name = "instance"
+    help = "L_inst, instance contrastive on two augmented views"
 
     @classmethod
     def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes,
@@ -133,6 +139,8 @@ class MinerTerm(LossTerm):
     """pml's NT-Xent on the pairs :class:`~tpsnet_plugin.miners.DomainPromptMiner` mines from view 1."""
 
     name = "miner"
+    default_weight = 0.0
+    help = "DomainPromptMiner pairs fed to pml's NTXentLoss"
 
     @classmethod
     def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes,

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from .loss_terms import LOSS_TERMS
+
 
 @dataclass(frozen=True)
 class Option:
@@ -167,12 +169,8 @@ OPTIONS: dict[str, Any] = {
         "lr_backbone": opt(0.001, "5e-6 for pretrained backbones (paper)", low=0, **SAFE),
         "lr_head": opt(0.001, "fusion, synergy and projection heads (paper: 5e-4)", low=0, **SAFE),
         "weight_decay": opt(0.0001, low=0),
-        "loss_weights": {
-            "prototype": opt(1.0, "L_pce, prototype cross-entropy over shared prototypes", low=0),
-            "image_text": opt(1.0, "L_i2tce, image-to-text cross-entropy; ignored without the text prior", low=0),
-            "instance": opt(1.0, "L_inst, instance contrastive on two augmented views", low=0),
-            "miner": opt(0.0, "DomainPromptMiner pairs fed to pml's NTXentLoss", low=0),
-        },
+        # one weight per registered loss term, declared by the term itself
+        "loss_weights": {name: opt(term.default_weight, term.help, low=0) for name, term in LOSS_TERMS.items()},
         "label_smoothing": opt(0.1, "epsilon of L_i2tce", **UNIT),
         "prototype_momentum": opt(0.9, "m of the EMA prototypes", **UNIT),
         "prototype_temperature": opt(0.05, "tau_p of L_pce", low=0, low_open=True),
