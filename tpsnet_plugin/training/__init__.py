@@ -1,6 +1,7 @@
 """Training: the Accelerate trainer, its stages and hooks, config loading and checkpoints."""
 
 from .augment import BatchAugment
+from .batches import TrainingBatches
 from .builder import (
     RunData,
     RunModel,
@@ -13,13 +14,15 @@ from .builder import (
     build_stages,
 )
 from .config import default_config, load_config, merge_config
+from .context import HookContext, StageContext
 from .data import build_dataset
 from .hooks import CheckpointHook, EndOfEpochHook, EvaluationHook, LoggingHook, ReclusterHook
+from .loss_guard import NonFiniteLossError
 from .loss_terms import LOSS_TERMS, LossTable, LossTerm, SynergyBatch, build_losses
 from .setup import build_accelerator, build_optimizer
 from .stages import ClusteringStage, PromptStage, Stage, SynergyStage, WarmupStage
 from .state import TrainingState
-from .trainer import NonFiniteLossError, TPSNetTrainer
+from .trainer import TPSNetTrainer
 
 __all__ = [
     "BatchAugment",
@@ -27,6 +30,7 @@ __all__ = [
     "ClusteringStage",
     "EndOfEpochHook",
     "EvaluationHook",
+    "HookContext",
     "LoggingHook",
     "LOSS_TERMS",
     "LossTable",
@@ -36,12 +40,14 @@ __all__ = [
     "PromptStage",
     "ReclusterHook",
     "Stage",
+    "StageContext",
     "RunData",
     "RunModel",
     "RunSetup",
     "StageModel",
     "SynergyStage",
     "TPSNetTrainer",
+    "TrainingBatches",
     "TrainingState",
     "WarmupStage",
     "build_accelerator",

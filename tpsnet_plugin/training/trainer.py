@@ -29,7 +29,7 @@ from .config import default_config, flatten_config, merge_config, validate_confi
 from .context import HookContext, StageContext
 from .data import dataset_fingerprint
 from .hooks import EndOfEpochHook
-from .loss_guard import LossGuard, NonFiniteLossError
+from .loss_guard import LossGuard
 from .progress import stoppable_progress
 from .pseudo_labelling import PseudoLabelling
 from .reporting import RunRecords, build_summary, export_model, write_summary
@@ -47,7 +47,7 @@ from .setup import LearningRates, build_accelerator
 from .stages import Stage, SynergyStage
 from .state import PromptContext, TrainingState
 
-__all__ = ["NonFiniteLossError", "TPSNetTrainer"]
+__all__ = ["TPSNetTrainer"]
 
 
 class TPSNetTrainer:
