@@ -37,12 +37,15 @@ def test_auto_image_size_is_the_median_shorter_side(tmp_path, sides, expected):
                                     "data.image_size=auto"])
     dataset = build_dataset(config["data"])
     assert fitting_image_size(dataset) == expected
-    assert dataset[0][0].shape == (3, expected, expected)
+    assert dataset[0][0].shape == (3, expected, expected) and dataset.image_size == expected
 
 
 def test_auto_image_size_of_digits_is_native():
     config = load_config(overrides=["data.image_size=auto", "data.subset_per_domain=10"])
-    assert build_dataset(config["data"])[0][0].shape == (3, 28, 28)
+    dataset = build_dataset(config["data"])
+    assert dataset[0][0].shape == (3, 28, 28) and dataset.image_size == 28
+    sized = build_dataset(load_config(overrides=["data.image_size=20", "data.subset_per_domain=10"])["data"])
+    assert sized[0][0].shape == (3, 20, 20) and sized.image_size == 20
 
 
 def test_small_domain_warnings_name_the_domain_the_sizes_and_the_fix():

@@ -32,7 +32,11 @@ class MultiDomainDataset(Dataset):
         classes: The shared class names.
         labels: int64 array of class labels, shape (N,).
         domains: int64 array of domain ids, shape (N,).
+        image_size: The side of the square images every item has, when the code that built the
+            parts knows it (the trainer's ``build_dataset`` sets it), else None.
     """
+
+    image_size: int | None = None
 
     def __init__(self, datasets: Sequence[Dataset], domain_names: Sequence[str] | None = None):
         """Concatenate the domains.

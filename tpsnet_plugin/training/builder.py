@@ -94,7 +94,7 @@ def build_data(config: Mapping[str, Any], num_processes: int = 1, show_progress:
         domains=domains,
         true_labels=np.asarray(dataset.labels, dtype=np.int64),
         num_clusters=num_clusters,
-        image_size=int(dataset[0][0].shape[-1]),
+        image_size=dataset.image_size,
         images=cache_images(dataset, num_workers, show_progress) if config["data"]["cache_in_memory"] else None,
         warmup_batch_size=warmup_batch_size,
         synergy_batch_size=synergy_batch_size,

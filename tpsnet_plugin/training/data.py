@@ -21,7 +21,8 @@ from .progress import progress
 
 
 def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainDataset:
-    """Build the multi-domain dataset a config's ``data`` section describes."""
+    """Build the multi-domain dataset a config's ``data`` section describes; its ``image_size`` is the
+    resolved side of its images (``data.image_size: auto`` resolved)."""
     domains = list(data_config["domains"])
     if len(domains) < 2:
         raise ConfigError(f"UCDIR needs at least two domains, got {domains}. Pass e.g. --domains A B")
@@ -56,6 +57,7 @@ def build_dataset(data_config: Mapping[str, Any], seed: int = 0) -> MultiDomainD
     if len(set(np.asarray(dataset.labels).tolist())) < 2:
         raise DataError(f"the data holds one class ({dataset.classes[0]!r}): with one class every image is a "
                          "correct match of every query, so retrieval cannot be measured; give two or more classes")
+    dataset.image_size = size
     return dataset
 
 
