@@ -380,3 +380,21 @@ def test_a_damaged_model_config_is_one_line_naming_it(run_copy, gallery, capsys,
                            "--query", str(next(gallery.iterdir()))], capsys)
     assert status == 2 and err.count("\n") == 1 and err.startswith("retrieve: error: ")
     assert str(path) in err
+
+
+def test_checkpoint_may_be_the_model_folder_or_a_hub_repo(run_copy, gallery, tmp_path, monkeypatch,
+                                                         gallery_embed_calls):
+    import huggingface_hub
+
+    query = str(sorted(gallery.iterdir())[0])
+    expected = retrieve.main(["--checkpoint", str(run_copy), "--gallery", str(gallery), "--query", query])
+    by_folder = retrieve.main(["--checkpoint", str(run_copy / "model"), "--gallery", str(gallery), "--query", query])
+    assert by_folder == expected and gallery_embed_calls == [GALLERY_SIZE]  # the run's cache serves both
+    snapshot = tmp_path / "hub" / "snapshot"
+    snapshot.mkdir(parents=True)
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(run_copy / "model" / name, snapshot / name)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kwargs: str(snapshot))
+    monkeypatch.chdir(tmp_path)
+    by_hub = retrieve.main(["--checkpoint", "someone/tpsnet-digits", "--gallery", str(gallery), "--query", query])
+    assert [hit["path"] for hit in by_hub[0]["results"]] == [hit["path"] for hit in expected[0]["results"]]

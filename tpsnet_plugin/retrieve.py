@@ -2,7 +2,8 @@
 
     python -m tpsnet_plugin.retrieve --checkpoint outputs/digits --gallery DIR --query IMG [--topk 10] [--grid out.png]
 
-``--checkpoint`` is a run's output dir (it holds ``config.yaml`` and ``model/``). Gallery
+``--checkpoint`` is a run's output dir (it holds ``model/``), its ``model/`` folder, or the id of a
+Hugging Face Hub model repo holding such a folder's two files. Gallery
 embeddings are cached under ``<checkpoint>/retrieval_cache/`` keyed by the gallery's file list,
 sizes and modification times and by a hash of the whole weights file, so a second query costs one
 forward pass and a retrained model never reuses stale embeddings. Where the run folder cannot be
@@ -32,14 +33,34 @@ from .data.walk import find_images
 from .errors import DataError, TPSNetError, first_line
 from .evaluation.knn import top_k
 from .models import TPSNet, load_pretrained
+from .models.pretrained import resolve_pretrained
 from .utils.cli import positive_int, report_user_error
 from .utils.io import atomic_save_numpy, file_sha256
 
 _PROG = "retrieve"
 
 
+def model_folder(checkpoint: str | Path) -> Path:
+    """The folder of a trained model: a run's ``model/``, the folder itself, or a Hub repo's download.
+
+    Raises:
+        FileNotFoundError: A folder that holds no trained model.
+        WeightsDownloadError: No folder of that name, and no Hub model repo of that id could be fetched.
+    """
+    folder = Path(checkpoint).expanduser()
+    if not folder.exists():
+        return resolve_pretrained(checkpoint)
+    if (folder / "model").is_dir():
+        return folder / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder / 'model'} is missing: --checkpoint must be the output dir of a finished "
+                                "run (the training command writes model/ at the end)")
+    return folder
+
+
 def load_trained_model(checkpoint: str | Path) -> tuple[TPSNet, dict]:
-    """Load the final model of a run's output dir (or its ``model/`` folder); returns ``(model, config)``.
+    """Load the final model of a run's output dir, its ``model/`` folder or a Hub model repo
+    (:func:`model_folder`); returns ``(model, config)``.
 
     ``config`` is the model's own config (``model/config.json``: architecture, ``image_size``,
     domain and class names, normalisation); runs written before it are read from
@@ -51,13 +72,7 @@ def load_trained_model(checkpoint: str | Path) -> tuple[TPSNet, dict]:
         WeightsFileError: The weights or a config file are damaged, or the weights belong to
             another architecture.
     """
-    folder = Path(checkpoint)
-    if (folder / "model").is_dir():
-        folder = folder / "model"
-    elif not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{folder / 'model'} is missing: --checkpoint must be the output dir of a finished "
-                                "run (the training command writes model/ at the end)")
-    return load_pretrained(folder)
+    return load_pretrained(model_folder(checkpoint))
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -94,17 +109,25 @@ def embed_images(model: TPSNet, paths: list[Path], image_size: int, batch_size: 
 
 
 def gallery_embeddings(
-    model: TPSNet, checkpoint: Path, gallery: Path, image_size: int
+    model: TPSNet, folder: Path, gallery: Path, image_size: int
 ) -> tuple[list[Path], torch.Tensor]:
     """Embed the gallery, reusing the on-disk cache when neither the gallery nor the model changed.
 
-    The cache is read from ``<checkpoint>/retrieval_cache/``, then from the user cache folder
+    Args:
+        model: The trained model.
+        folder: Its folder (:func:`model_folder`); the cache key hashes its ``model.safetensors``.
+        gallery: The gallery folder.
+        image_size: The side the images are resized to.
+
+    The cache is read from ``retrieval_cache/`` in the run's output dir (beside ``model/``; a model
+    folder of another name holds its own), then from the user cache folder
     (:func:`~tpsnet_plugin.data.icons.cache_dir` ``("retrieval")``), and written to the first of
     them that takes it; a damaged cache file is named in a warning and rebuilt.
     """
     paths = list_images(gallery)
-    name = f"{_cache_key(checkpoint, paths, image_size)}.npy"
-    caches = [checkpoint / "retrieval_cache" / name, cache_dir("retrieval") / name]
+    name = f"{_cache_key(folder / 'model.safetensors', paths, image_size)}.npy"
+    run = folder.parent if folder.name == "model" else folder
+    caches = [run / "retrieval_cache" / name, cache_dir("retrieval") / name]
     for cache in caches:
         features = _read_cache(cache, (len(paths), model.embed_dim))
         if features is not None:
@@ -148,13 +171,13 @@ def _write_cache(caches: list[Path], features: np.ndarray) -> None:
                   "(set TPSNET_CACHE to a writable folder to cache it)", stacklevel=3)
 
 
-def _cache_key(checkpoint: Path, paths: list[Path], image_size: int) -> str:
+def _cache_key(weights: Path, paths: list[Path], image_size: int) -> str:
     """Hash of the gallery files (path, size, mtime), the image size and the whole weights file.
 
     The weights are hashed in full: retraining into the same dir gives a file of the same size
     and header, so only its content tells two models apart.
     """
-    digest = hashlib.sha256(file_sha256(checkpoint / "model" / "model.safetensors").encode())
+    digest = hashlib.sha256(file_sha256(weights).encode())
     digest.update(f"image_size={image_size}\n".encode())
     for p in paths:
         stat = p.stat()
@@ -164,17 +187,19 @@ def _cache_key(checkpoint: Path, paths: list[Path], image_size: int) -> str:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="output dir of a finished training run")
+    parser.add_argument("--checkpoint", required=True,
+                        help="output dir of a finished training run, its model/ folder, or a Hugging Face Hub "
+                             "model repo id (owner/name)")
     parser.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
     parser.add_argument("--query", required=True, nargs="+", help="query image file(s)")
     parser.add_argument("--topk", type=positive_int, default=10, help="neighbours per query (>= 1)")
     parser.add_argument("--grid", help="write the queries and their top-k as an image grid (PNG)")
     args = parser.parse_args(argv)
 
-    checkpoint = Path(args.checkpoint)
-    model, config = load_trained_model(checkpoint)
+    folder = model_folder(args.checkpoint)
+    model, config = load_pretrained(folder)
     size = config["image_size"]
-    paths, gallery = gallery_embeddings(model, checkpoint, Path(args.gallery), size)
+    paths, gallery = gallery_embeddings(model, folder, Path(args.gallery), size)
     query_paths = [Path(q) for q in args.query]
     queries = embed_images(model, query_paths, size)
     scores, indices = (x.numpy() for x in top_k(queries, gallery, args.topk))

@@ -1,4 +1,4 @@
-"""Stage-2 prototype cross-entropy L_pce with shared, EMA-updated cluster prototypes."""
+"""Prototype cross-entropy L_pce with shared, EMA-updated cluster prototypes."""
 
 from __future__ import annotations
 
