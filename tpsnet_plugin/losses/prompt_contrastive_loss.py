@@ -1,4 +1,4 @@
-"""Stage-1 prompt loss L_prompt = L_i2t + L_t2i (supervised contrastive, both directions)."""
+"""Prompts-stage loss L_prompt = L_i2t + L_t2i (supervised contrastive, both directions)."""
 
 from __future__ import annotations
 
