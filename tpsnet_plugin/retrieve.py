@@ -47,11 +47,7 @@ def model_folder(checkpoint: str | Path) -> Path:
         FileNotFoundError: A folder that holds no trained model.
         WeightsDownloadError: No folder of that name, and no Hub model repo of that id could be fetched.
     """
-    folder = Path(checkpoint).expanduser()
-    if not folder.exists():
-        return resolve_pretrained(checkpoint)
-    if (folder / "model").is_dir():
-        return folder / "model"
+    folder = resolve_pretrained(checkpoint)
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"{folder / 'model'} is missing: --checkpoint must be the output dir of a finished "
                                 "run (the training command writes model/ at the end)")

@@ -18,7 +18,7 @@ from .context import HookContext, StageContext
 from .data import build_dataset
 from .hooks import CheckpointHook, EndOfEpochHook, EvaluationHook, LoggingHook, ReclusterHook
 from .loss_guard import NonFiniteLossError
-from .loss_terms import LOSS_TERMS, LossTable, LossTerm, SynergyBatch, build_losses
+from .loss_terms import LOSS_TERMS, LossTable, LossTerm, SynergyBatch, TermSetup, build_losses
 from .setup import build_accelerator, build_optimizer
 from .stages import ClusteringStage, PromptStage, Stage, SynergyStage, WarmupStage
 from .state import TrainingState
@@ -46,6 +46,7 @@ __all__ = [
     "RunSetup",
     "StageModel",
     "SynergyStage",
+    "TermSetup",
     "TPSNetTrainer",
     "TrainingBatches",
     "TrainingState",

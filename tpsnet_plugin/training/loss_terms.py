@@ -51,10 +51,34 @@ class SynergyBatch:
         their gradients meet in one graph node (the order of the float sums, hence the run, is fixed)."""
         return torch.cat([self.view1, self.view2])
 
+    @cached_property
+    def keep_both(self) -> torch.Tensor:
+        """The confident-image mask of both views (2B), view 1 first."""
+        return self.keep.repeat(2)
+
     def combined(self, both_views: bool = False) -> torch.Tensor:
         """The combined ``domain * C + cluster`` labels of one view (B) or both (2B)."""
         repeat = 2 if both_views else 1
         return encode_domain_labels(self.domains.repeat(repeat), self.clusters.repeat(repeat), self.num_clusters)
+
+
+@dataclass(frozen=True)
+class TermSetup:
+    """What the terms are built for, beside their config section.
+
+    Attributes:
+        num_clusters: C.
+        embed_dim: The embedding width e.
+        prompt_features: The model's holder of the frozen prompt features (None without the text prior).
+        logit_scale: CLIP's logit scale for image-to-text logits.
+        num_processes: World size; above 1 the pml loss and miner gather across processes.
+    """
+
+    num_clusters: int
+    embed_dim: int
+    prompt_features: PromptFeatures | None = None
+    logit_scale: float = 100.0
+    num_processes: int = 1
 
 
 class LossTerm:
@@ -74,10 +98,8 @@ class LossTerm:
         self.loss, self.miner = loss, miner
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, num_clusters: int, embed_dim: int, logit_scale: float,
-                    num_processes: int, prompt_features: PromptFeatures | None) -> LossTerm:
-        """The term the ``synergy`` section describes; ``prompt_features`` is the model's holder of the
-        frozen prompt features (None without the text prior), for the terms that read them."""
+    def from_config(cls, config: Mapping[str, Any], setup: TermSetup) -> LossTerm:
+        """The term the ``synergy`` section describes, for the run ``setup`` describes."""
         raise NotImplementedError
 
     def __call__(self, batch: SynergyBatch) -> torch.Tensor:
@@ -91,14 +113,13 @@ class PrototypeTerm(LossTerm):
     help = "L_pce, prototype cross-entropy over shared prototypes"
 
     @classmethod
-    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes,
-                    prompt_features) -> PrototypeTerm:
-        return cls(PrototypeCrossEntropyLoss(num_clusters, embed_dim, temperature=config["prototype_temperature"],
+    def from_config(cls, config, setup) -> PrototypeTerm:
+        return cls(PrototypeCrossEntropyLoss(setup.num_clusters, setup.embed_dim,
+                                             temperature=config["prototype_temperature"],
                                              momentum=config["prototype_momentum"]))
 
     def __call__(self, batch: SynergyBatch) -> torch.Tensor:
-        keep = batch.keep.repeat(2)
-        return self.loss(batch.both[keep], batch.clusters.repeat(2)[keep])
+        return self.loss(batch.both[batch.keep_both], batch.clusters.repeat(2)[batch.keep_both])
 
 
 class ImageTextTerm(LossTerm):
@@ -109,14 +130,12 @@ class ImageTextTerm(LossTerm):
     uses_text_prior = True
 
     @classmethod
-    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes,
-                    prompt_features) -> ImageTextTerm:
-        return cls(ImageTextCrossEntropyLoss(num_clusters, label_smoothing=config["label_smoothing"],
-                                             logit_scale=logit_scale, prompt_features=prompt_features))
+    def from_config(cls, config, setup) -> ImageTextTerm:
+        return cls(ImageTextCrossEntropyLoss(setup.num_clusters, label_smoothing=config["label_smoothing"],
+                                             logit_scale=setup.logit_scale, prompt_features=setup.prompt_features))
 
     def __call__(self, batch: SynergyBatch) -> torch.Tensor:
-        keep = batch.keep.repeat(2)
-        return self.loss(batch.both[keep], batch.combined(both_views=True)[keep])
+        return self.loss(batch.both[batch.keep_both], batch.combined(both_views=True)[batch.keep_both])
 
 
 class InstanceTerm(LossTerm):
@@ -126,8 +145,7 @@ class InstanceTerm(LossTerm):
     help = "L_inst, instance contrastive on two augmented views"
 
     @classmethod
-    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes,
-                    prompt_features) -> InstanceTerm:
+    def from_config(cls, config, setup) -> InstanceTerm:
         return cls(InstanceContrastiveLoss(temperature=config["instance_temperature"],
                                            within_domain=config["instance_within_domain"]))
 
@@ -143,11 +161,11 @@ class MinerTerm(LossTerm):
     help = "DomainPromptMiner pairs fed to pml's NTXentLoss"
 
     @classmethod
-    def from_config(cls, config, *, num_clusters, embed_dim, logit_scale, num_processes,
-                    prompt_features) -> MinerTerm:
+    def from_config(cls, config, setup) -> MinerTerm:
         loss = NTXentLoss(temperature=config["instance_temperature"])
-        miner = DomainPromptMiner(num_clusters, threshold=config["miner_threshold"], prompt_features=prompt_features)
-        if num_processes > 1:
+        miner = DomainPromptMiner(setup.num_clusters, threshold=config["miner_threshold"],
+                                  prompt_features=setup.prompt_features)
+        if setup.num_processes > 1:
             loss, miner = DistributedLossWrapper(loss), DistributedMinerWrapper(miner)
         return cls(loss, miner)
 
@@ -207,13 +225,12 @@ def build_losses(
         logit_scale: CLIP's logit scale for the image-to-text logits.
         num_processes: World size; above 1 the pml loss and miner are wrapped to gather across processes.
     """
+    setup = TermSetup(num_clusters, embed_dim, prompt_features, logit_scale, num_processes)
     table = LossTable()
     for name, term in LOSS_TERMS.items():
         weight = float(synergy_config["loss_weights"][name])
         if weight <= 0 or (term.uses_text_prior and prompt_features is None):
             continue
         table.loss_weights[name] = weight
-        table.terms[name] = term.from_config(synergy_config, num_clusters=num_clusters, embed_dim=embed_dim,
-                                             logit_scale=logit_scale, num_processes=num_processes,
-                                             prompt_features=prompt_features)
+        table.terms[name] = term.from_config(synergy_config, setup)
     return table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -14,6 +14,9 @@ from ..evaluation import format_table, mean_metrics
 from ..models.pretrained import save_config
 from ..utils.io import atomic_write_text
 from .state import TrainingState
+
+if TYPE_CHECKING:
+    from .run_evaluation import RunEvaluator
 
 
 def write_records(output_dir: str | Path, history: Sequence[Mapping[str, Any]]) -> None:
@@ -82,9 +85,8 @@ class RunRecords:
         self.accelerator.print(f"[{state.stage} epoch {state.epoch}] "
                                + ", ".join(f"{k}={v:.2f}" for k, v in mean.items()))
 
-    def record_starting_points(self, evaluator: Any) -> None:
-        """Evaluate every starting point of the run (:class:`~tpsnet_plugin.training.run_evaluation.RunEvaluator`)
-        before any training, once per run (a resumed run has them)."""
+    def record_starting_points(self, evaluator: RunEvaluator) -> None:
+        """Evaluate every starting point of the run before any training, once per run (a resumed run has them)."""
         if any("baseline" in record for record in self.state.history):
             return
         # The starting points draw no random numbers from the run's streams: training is the same with or without.

@@ -2,7 +2,7 @@
 context is a :class:`~tpsnet_plugin.training.context.StageContext` (what a stage may use).
 
 A stage continues from ``context.state.epoch`` (0 on a fresh start, later after ``--resume``) and
-returns when it is complete; the context then advances the state to the next stage and
+returns when it is complete; the trainer then advances the state to the next stage and
 checkpoints. Stages hold their own options; the context holds what they share (model, optimizer,
 batches, pseudo-labels, accelerator).
 """
@@ -285,7 +285,7 @@ class SynergyStage(Stage):
                 hook(context.hook_context, self)
 
     def sampler(self, context: StageContext) -> PseudoLabelSampler:
-        """The batch sampler of this stage, sharded over the context's processes."""
+        """The batch sampler of this stage, sharded over the run's processes."""
         return PseudoLabelSampler(
             context.state.labels.numpy(), context.batches.domains.numpy(), batch_size=self.batch_size,
             m=self.m_per_cluster, seed=context.batches.seed,
